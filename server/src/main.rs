@@ -1,1 +1,50 @@
-fn main() {}
+//! `shardlog`: the server binary. See `docs/operations.md`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use shardlog_server::config::{Cli, Config};
+use shardlog_server::runtime;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("shardlog: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config.log_format);
+    let data_dir = config.data_dir.clone();
+    let shards = config.shards;
+    let metrics = config.metrics_listen;
+    let result = runtime::run(config, |address| {
+        // Scripts and tests read this line to find the bound port.
+        println!(
+            "shardlog listening on {address} ({shards} shards), data in {}, metrics on {}",
+            data_dir.display(),
+            metrics.map_or_else(|| "off".to_owned(), |m| m.to_string())
+        );
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("shardlog: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHARDLOG_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,413 @@
+//! Server configuration: embedded defaults, overridden by a TOML file, then by
+//! environment variables, then by command-line flags (last wins).
+//!
+//! Every setting is documented in `docs/operations.md` with its default; keep
+//! the two in step.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Listen address used when nothing else is configured.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:50051";
+/// Data directory used when nothing else is configured (relative to the
+/// working directory).
+pub const DATA_DIR_DEFAULT: &str = "./shardlog-data";
+/// Metrics listen address used when nothing else is configured.
+pub const METRICS_LISTEN_DEFAULT: &str = "127.0.0.1:9464";
+/// Upper bound on shards: one executor per core, and nobody has more cores.
+pub const SHARDS_MAX: usize = 1024;
+
+/// Command-line flags of the `shardlog` binary.
+#[derive(Debug, Parser, Default)]
+#[command(
+    name = "shardlog",
+    version,
+    about = "Thread-per-core durable log server (gRPC)"
+)]
+pub struct Cli {
+    /// TOML configuration file; flags and environment variables override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address (every shard binds it with SO_REUSEPORT).
+    #[arg(long, value_name = "ADDR", env = "SHARDLOG_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory holding topics, partitions and metadata.
+    #[arg(long, value_name = "DIR", env = "SHARDLOG_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Number of shards (one pinned executor each); default: online CPUs.
+    #[arg(long, value_name = "N", env = "SHARDLOG_SHARDS")]
+    pub shards: Option<usize>,
+    /// Prometheus endpoint address (HTTP/1.1 GET /metrics); "off" disables it.
+    #[arg(long, value_name = "ADDR|off", env = "SHARDLOG_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// Also serve the gRPC interop `grpc.testing.TestService`.
+    #[arg(long)]
+    pub grpc_testing: bool,
+    /// Do not pin shard executors to CPUs (for shared machines and tests).
+    #[arg(long)]
+    pub no_pin: bool,
+    /// Log format: "text" or "json".
+    #[arg(long, value_name = "FORMAT", env = "SHARDLOG_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// The whole configuration, as read from TOML (every field optional there).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Shard count; 0 means one per online CPU.
+    pub shards: usize,
+    /// CPUs to pin shards to, in shard order; empty means CPU i for shard i.
+    pub cpus: Vec<usize>,
+    /// Pin shard executors to CPUs.
+    pub pin_cpus: bool,
+    /// Prometheus endpoint address; `None` disables it.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Serve `grpc.testing.TestService` too.
+    pub grpc_testing: bool,
+    /// "text" or "json".
+    pub log_format: String,
+    /// Storage defaults for new topics.
+    pub storage: StorageConfig,
+    /// Request limits.
+    pub limits: LimitsConfig,
+    /// HTTP/2 and gRPC transport settings.
+    pub transport: TransportConfig,
+}
+
+/// Defaults for partitions of newly created topics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Roll the active segment once it reaches this size.
+    pub segment_bytes_max: u64,
+    /// Roll the active segment once its first record is this old.
+    pub segment_age_ms_max: u64,
+    /// Default retention by size per partition; 0 = unlimited.
+    pub retention_bytes_max: u64,
+    /// Default retention by age; 0 = forever.
+    pub retention_age_ms_max: u64,
+    /// How often each shard applies retention.
+    pub retention_check_interval_ms: u64,
+    /// Partitions a topic may have.
+    pub topic_partitions_max: u32,
+}
+
+/// Bounds on what one request may ask for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest gRPC message accepted (RESOURCE_EXHAUSTED beyond).
+    pub message_bytes_max: usize,
+    /// Largest single record (key + value + headers).
+    pub record_bytes_max: usize,
+    /// Most records in one produce request.
+    pub batch_records_max: usize,
+    /// Depth of each cross-core queue (one per ordered pair of shards).
+    pub cross_core_queue_depth: usize,
+    /// Requests one shard may have waiting on other shards; beyond it a
+    /// request is refused UNAVAILABLE with nothing written.
+    pub cross_core_inflight_max: usize,
+    /// Produce requests a ProduceStream/Append call keeps in flight.
+    pub stream_inflight_max: usize,
+    /// Default and largest fetch size.
+    pub fetch_bytes_max: usize,
+    /// Longest long-poll wait a fetch may ask for.
+    pub fetch_wait_ms_max: u64,
+    /// Open connections per shard.
+    pub connections_per_shard_max: usize,
+}
+
+/// HTTP/2 transport settings handed to the wire layer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransportConfig {
+    /// Concurrent streams advertised per connection.
+    pub max_concurrent_streams: u32,
+    /// Largest header block accepted.
+    pub max_header_list_size_bytes: u32,
+    /// Per-stream flow-control window.
+    pub stream_window_bytes: u32,
+    /// Per-connection flow-control window.
+    pub connection_window_bytes: u32,
+    /// Time a new connection has to finish the HTTP/2 handshake.
+    pub handshake_timeout_ms: u64,
+    /// Close connections idle (no open stream) for this long.
+    pub idle_timeout_ms: u64,
+    /// Send a keepalive PING after this much silence; 0 disables.
+    pub keepalive_interval_ms: u64,
+    /// Close the connection when a keepalive PING is not answered in time.
+    pub keepalive_timeout_ms: u64,
+    /// How long shutdown waits for in-flight calls before closing.
+    pub drain_grace_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: LISTEN_DEFAULT.parse().expect("valid default address"),
+            data_dir: PathBuf::from(DATA_DIR_DEFAULT),
+            shards: 0,
+            cpus: Vec::new(),
+            pin_cpus: true,
+            metrics_listen: Some(
+                METRICS_LISTEN_DEFAULT
+                    .parse()
+                    .expect("valid default address"),
+            ),
+            grpc_testing: false,
+            log_format: "text".to_owned(),
+            storage: StorageConfig::default(),
+            limits: LimitsConfig::default(),
+            transport: TransportConfig::default(),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            segment_bytes_max: 128 << 20,
+            segment_age_ms_max: 7 * 24 * 3600 * 1000,
+            retention_bytes_max: 0,
+            retention_age_ms_max: 0,
+            retention_check_interval_ms: 30_000,
+            topic_partitions_max: 4096,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            message_bytes_max: 4 << 20,
+            record_bytes_max: 1 << 20,
+            batch_records_max: 100_000,
+            cross_core_queue_depth: 1024,
+            cross_core_inflight_max: 4096,
+            stream_inflight_max: 128,
+            fetch_bytes_max: 1 << 20,
+            fetch_wait_ms_max: 60_000,
+            connections_per_shard_max: 10_000,
+        }
+    }
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 1024,
+            max_header_list_size_bytes: 16 << 10,
+            stream_window_bytes: 1 << 20,
+            connection_window_bytes: 16 << 20,
+            handshake_timeout_ms: 10_000,
+            idle_timeout_ms: 600_000,
+            keepalive_interval_ms: 60_000,
+            keepalive_timeout_ms: 20_000,
+            drain_grace_ms: 10_000,
+        }
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for this schema.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of its allowed range.
+    #[error("invalid setting {setting}: {reason}")]
+    Invalid {
+        /// The setting's name as written in TOML.
+        setting: &'static str,
+        /// Why it is refused.
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Builds the configuration from the file named by `cli.config` (if any),
+    /// then applies the flags (clap already folded in the environment).
+    pub fn load(cli: &Cli) -> Result<Self, ConfigError> {
+        let mut config = match &cli.config {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        config.apply_cli(cli)?;
+        config.resolve_shards();
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    fn apply_cli(&mut self, cli: &Cli) -> Result<(), ConfigError> {
+        if let Some(listen) = cli.listen {
+            self.listen = listen;
+        }
+        if let Some(dir) = &cli.data_dir {
+            self.data_dir = dir.clone();
+        }
+        if let Some(shards) = cli.shards {
+            self.shards = shards;
+        }
+        if let Some(metrics) = &cli.metrics_listen {
+            self.metrics_listen = parse_optional_addr(metrics)?;
+        }
+        if cli.grpc_testing {
+            self.grpc_testing = true;
+        }
+        if cli.no_pin {
+            self.pin_cpus = false;
+        }
+        if let Some(format) = &cli.log_format {
+            self.log_format = format.clone();
+        }
+        Ok(())
+    }
+
+    fn resolve_shards(&mut self) {
+        if self.shards == 0 {
+            self.shards = std::thread::available_parallelism().map_or(1, |n| n.get());
+        }
+    }
+
+    /// The CPU shard `shard` is pinned to.
+    pub fn cpu_of_shard(&self, shard: usize) -> usize {
+        self.cpus.get(shard).copied().unwrap_or(shard)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |setting, reason: &str| {
+            Err(ConfigError::Invalid {
+                setting,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.shards == 0 || self.shards > SHARDS_MAX {
+            return invalid("shards", "must be between 1 and 1024");
+        }
+        if !self.cpus.is_empty() && self.cpus.len() < self.shards {
+            return invalid("cpus", "must list one CPU per shard");
+        }
+        if self.log_format != "text" && self.log_format != "json" {
+            return invalid("log_format", "must be \"text\" or \"json\"");
+        }
+        if self.limits.cross_core_queue_depth == 0 || self.limits.stream_inflight_max == 0 {
+            return invalid("limits", "queue depths must be at least 1");
+        }
+        if self.limits.record_bytes_max > self.limits.message_bytes_max {
+            return invalid(
+                "limits.record_bytes_max",
+                "must not exceed message_bytes_max",
+            );
+        }
+        if self.storage.topic_partitions_max == 0 {
+            return invalid("storage.topic_partitions_max", "must be at least 1");
+        }
+        if self.storage.segment_bytes_max < 64 << 10 {
+            return invalid("storage.segment_bytes_max", "must be at least 64 KiB");
+        }
+        Ok(())
+    }
+}
+
+fn parse_optional_addr(text: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| ConfigError::Invalid {
+        setting: "metrics_listen",
+        reason: format!("{text:?} is neither an address nor \"off\""),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_serve_loopback_50051_in_local_dir() {
+        let config = Config::load(&Cli::default()).expect("defaults are valid");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(config.data_dir, PathBuf::from("./shardlog-data"));
+        assert!(config.shards >= 1);
+    }
+
+    #[test]
+    fn toml_then_flags_override() {
+        let mut config = Config::from_toml(
+            "listen = \"0.0.0.0:7000\"\nshards = 3\n[limits]\nfetch_bytes_max = 4096\n",
+        )
+        .expect("valid toml");
+        assert_eq!(config.shards, 3);
+        assert_eq!(config.limits.fetch_bytes_max, 4096);
+        let cli = Cli {
+            shards: Some(2),
+            metrics_listen: Some("off".into()),
+            ..Cli::default()
+        };
+        config.apply_cli(&cli).expect("valid flags");
+        assert_eq!(config.shards, 2);
+        assert_eq!(config.listen.to_string(), "0.0.0.0:7000");
+        assert!(config.metrics_listen.is_none());
+    }
+
+    #[test]
+    fn shipped_example_config_is_valid() {
+        let config =
+            Config::from_toml(include_str!("../dist/shardlog.toml")).expect("example parses");
+        assert_eq!(config.listen.port(), 50051);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(Config::from_toml("listen_addr = \"x\"").is_err());
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused() {
+        let mut config = Config::default();
+        config.shards = 2;
+        config.limits.record_bytes_max = config.limits.message_bytes_max + 1;
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::Invalid { .. })
+        ));
+    }
+}

@@ -1,0 +1,235 @@
+//! Cross-core calls: a request for a partition owned by another shard crosses
+//! a bounded glommio `channel_mesh` queue to its owner, and the reply comes
+//! back the same way.
+//!
+//! Each ordered pair of shards has its own bounded SPSC queue (no lock shared
+//! across cores). A shard keeps at most `inflight_max` calls waiting on other
+//! shards; beyond that, and when a peer's queue stays full, a call is refused
+//! `UNAVAILABLE` before anything is written. We measured this mesh against
+//! `flume` for the hop (benches/benches/crosscore.rs, docs/architecture.md)
+//! and kept the mesh for its lower tail.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_channel::oneshot;
+use glommio::channels::channel_mesh::{Receivers, Senders};
+use shardlog_wire::Code;
+
+use crate::ops::{Failure, Op, Reply};
+
+/// How long a call waits for room in a full peer queue before it is
+/// refused UNAVAILABLE.
+pub const QUEUE_FULL_WAIT: Duration = Duration::from_millis(50);
+
+/// What travels between shards.
+pub enum Envelope {
+    /// A call to execute on the receiving shard.
+    Request {
+        /// Shard that made the call and awaits the reply.
+        origin: usize,
+        /// Correlation id, unique per origin.
+        id: u64,
+        /// Past this instant the owner drops the call unexecuted.
+        deadline: Option<Instant>,
+        /// What to do.
+        op: Op,
+    },
+    /// The outcome of a call, sent back to its origin.
+    Reply {
+        /// The call's correlation id.
+        id: u64,
+        /// Its outcome.
+        result: Result<Reply, Failure>,
+    },
+}
+
+/// Executes an op on this shard (the same code serves local and remote
+/// calls).
+pub type Executor =
+    Rc<dyn Fn(Op, Option<Instant>) -> Pin<Box<dyn Future<Output = Result<Reply, Failure>>>>>;
+
+/// This shard's end of the mesh.
+pub struct Mesh {
+    shard: usize,
+    senders: Senders<Envelope>,
+    pending: RefCell<HashMap<u64, oneshot::Sender<Result<Reply, Failure>>>>,
+    next_id: Cell<u64>,
+    inflight_max: usize,
+    refused_total: Cell<u64>,
+    calls_total: Cell<u64>,
+}
+
+impl Mesh {
+    /// Wraps this shard's senders; `shard` must equal the mesh peer id.
+    pub fn new(shard: usize, senders: Senders<Envelope>, inflight_max: usize) -> Rc<Self> {
+        assert_eq!(senders.peer_id(), shard, "mesh peer ids follow shard order");
+        assert!(inflight_max > 0);
+        Rc::new(Self {
+            shard,
+            senders,
+            pending: RefCell::new(HashMap::new()),
+            next_id: Cell::new(0),
+            inflight_max,
+            refused_total: Cell::new(0),
+            calls_total: Cell::new(0),
+        })
+    }
+
+    /// Calls waiting for a reply right now.
+    pub fn inflight(&self) -> usize {
+        self.pending.borrow().len()
+    }
+
+    /// Calls refused because a queue or the in-flight bound was full.
+    pub fn refused_total(&self) -> u64 {
+        self.refused_total.get()
+    }
+
+    /// Calls sent to other shards.
+    pub fn calls_total(&self) -> u64 {
+        self.calls_total.get()
+    }
+
+    /// Runs `op` on shard `target` and returns its reply.
+    pub async fn call(
+        &self,
+        target: usize,
+        op: Op,
+        deadline: Option<Instant>,
+    ) -> Result<Reply, Failure> {
+        assert_ne!(target, self.shard, "local calls do not cross the mesh");
+        if self.inflight() >= self.inflight_max {
+            return Err(self.refuse(target, "too many cross-core calls in flight"));
+        }
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.pending.borrow_mut().insert(id, reply_tx);
+        // Dropping the call (client cancelled) forgets the pending reply.
+        let _forget = PendingGuard { mesh: self, id };
+        let envelope = Envelope::Request {
+            origin: self.shard,
+            id,
+            deadline,
+            op,
+        };
+        self.send(target, envelope).await?;
+        self.calls_total.set(self.calls_total.get() + 1);
+        match reply_rx.await {
+            Ok(result) => result,
+            Err(_) => Err(Failure::new(
+                Code::UNAVAILABLE,
+                format!("shard {target} went away before replying"),
+            )),
+        }
+    }
+
+    async fn send(&self, target: usize, envelope: Envelope) -> Result<(), Failure> {
+        let envelope = match self.senders.try_send_to(target, envelope) {
+            Ok(()) => return Ok(()),
+            Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(envelope))) => {
+                envelope
+            }
+            Err(_) => return Err(self.refuse(target, "shard is shutting down")),
+        };
+        let send = self.senders.send_to(target, envelope);
+        let timeout = async {
+            glommio::timer::sleep(QUEUE_FULL_WAIT).await;
+            Err(envelope_lost())
+        };
+        match futures_lite::future::or(async { send.await.map_err(|_| envelope_lost()) }, timeout)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(()) => Err(self.refuse(target, "cross-core queue full")),
+        }
+    }
+
+    fn refuse(&self, target: usize, why: &str) -> Failure {
+        self.refused_total.set(self.refused_total.get() + 1);
+        Failure::new(
+            Code::UNAVAILABLE,
+            format!(
+                "shard {} -> shard {target}: {why}; nothing was written, retry",
+                self.shard
+            ),
+        )
+    }
+
+    fn complete(&self, id: u64, result: Result<Reply, Failure>) {
+        if let Some(reply_tx) = self.pending.borrow_mut().remove(&id) {
+            // The caller may have gone away meanwhile; nothing to do then.
+            let _ = reply_tx.send(result);
+        }
+    }
+
+    /// Serves the mesh: executes requests from every peer and routes replies
+    /// to their callers. Returns when every peer has closed its queue.
+    pub async fn serve(self: Rc<Self>, mut receivers: Receivers<Envelope>, executor: Executor) {
+        let tasks: Vec<_> = receivers
+            .streams()
+            .into_iter()
+            .map(|(_peer, receiver)| {
+                let mesh = self.clone();
+                let executor = executor.clone();
+                glommio::spawn_local(async move {
+                    while let Some(envelope) = receiver.recv().await {
+                        mesh.dispatch(envelope, &executor);
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await;
+        }
+    }
+
+    fn dispatch(self: &Rc<Self>, envelope: Envelope, executor: &Executor) {
+        match envelope {
+            Envelope::Reply { id, result } => self.complete(id, result),
+            Envelope::Request {
+                origin,
+                id,
+                deadline,
+                op,
+            } => {
+                // Spawned in arrival order: glommio runs tasks FIFO, so calls
+                // from one origin start (and take offsets) in the order sent.
+                let mesh = self.clone();
+                let run = executor(op, deadline);
+                glommio::spawn_local(async move {
+                    let result = run.await;
+                    // A closed origin is shutting down; its caller is gone.
+                    let _ = mesh
+                        .senders
+                        .send_to(origin, Envelope::Reply { id, result })
+                        .await;
+                })
+                .detach();
+            }
+        }
+    }
+
+    /// Closes this shard's outgoing queues (shutdown).
+    pub fn close(&self) {
+        self.senders.close();
+    }
+}
+
+fn envelope_lost() {}
+
+struct PendingGuard<'a> {
+    mesh: &'a Mesh,
+    id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.mesh.pending.borrow_mut().remove(&self.id);
+    }
+}

@@ -1,0 +1,390 @@
+//! Prometheus metrics: each shard counts into its own [`ShardMetrics`] (no
+//! shared atomics on the request path); the `/metrics` endpoint on shard 0
+//! asks every shard for its samples across the mesh and renders the text
+//! exposition format, one `shard` label per sample.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use shardlog_wire::Code;
+use tracing::warn;
+
+use crate::ops::{Op, Reply};
+use crate::shard::ShardContext;
+
+/// Upper bounds of the request latency histogram, in seconds.
+pub const LATENCY_BUCKETS_SECONDS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+/// Largest HTTP request head the metrics endpoint reads.
+pub const METRICS_REQUEST_BYTES_MAX: usize = 8 << 10;
+/// Time a metrics client has to send its request.
+pub const METRICS_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+struct MethodStats {
+    by_code: BTreeMap<i32, u64>,
+    buckets: [u64; LATENCY_BUCKETS_SECONDS.len()],
+    count: u64,
+    sum_seconds: f64,
+}
+
+#[derive(Default, Clone, Copy)]
+struct FetchStats {
+    records: u64,
+    bytes: u64,
+}
+
+/// One shard's counters.
+#[derive(Default)]
+pub struct ShardMetrics {
+    methods: RefCell<BTreeMap<(&'static str, &'static str), MethodStats>>,
+    fetches: RefCell<BTreeMap<(String, u32), FetchStats>>,
+}
+
+impl ShardMetrics {
+    /// Records one finished call.
+    pub fn record_call(
+        &self,
+        service: &'static str,
+        method: &'static str,
+        code: Code,
+        elapsed: Duration,
+    ) {
+        let mut methods = self.methods.borrow_mut();
+        let stats = methods.entry((service, method)).or_default();
+        *stats.by_code.entry(code.0).or_default() += 1;
+        let seconds = elapsed.as_secs_f64();
+        for (bucket, bound) in stats.buckets.iter_mut().zip(LATENCY_BUCKETS_SECONDS) {
+            if seconds <= bound {
+                *bucket += 1;
+            }
+        }
+        stats.count += 1;
+        stats.sum_seconds += seconds;
+    }
+
+    /// Records records served by a fetch or subscribe.
+    pub fn record_fetch(&self, topic: &str, partition: u32, records: u64, bytes: u64) {
+        let mut fetches = self.fetches.borrow_mut();
+        let stats = fetches.entry((topic.to_owned(), partition)).or_default();
+        stats.records += records;
+        stats.bytes += bytes;
+    }
+}
+
+/// Name of a gRPC status code as Prometheus label value.
+pub fn code_name(code: Code) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    usize::try_from(code.0)
+        .ok()
+        .and_then(|index| NAMES.get(index))
+        .copied()
+        .unwrap_or("UNKNOWN_CODE")
+}
+
+/// Metric families: name, type, help. Samples are grouped under them.
+const FAMILIES: [(&str, &str, &str); 16] = [
+    (
+        "grpc_requests_total",
+        "counter",
+        "gRPC calls finished, by method and status.",
+    ),
+    (
+        "grpc_request_duration_seconds",
+        "histogram",
+        "gRPC call latency from headers to trailers.",
+    ),
+    (
+        "shardlog_partition_log_start_offset",
+        "gauge",
+        "First offset still stored.",
+    ),
+    (
+        "shardlog_partition_log_end_offset",
+        "gauge",
+        "Offset the next appended record gets.",
+    ),
+    (
+        "shardlog_partition_durable_offset",
+        "gauge",
+        "Offsets below this are synced and readable.",
+    ),
+    (
+        "shardlog_partition_size_bytes",
+        "gauge",
+        "Bytes of segment files on disk.",
+    ),
+    (
+        "shardlog_partition_faulted",
+        "gauge",
+        "1 when the partition refuses service.",
+    ),
+    (
+        "shardlog_partition_appended_records_total",
+        "counter",
+        "Records appended.",
+    ),
+    (
+        "shardlog_partition_appended_bytes_total",
+        "counter",
+        "Batch bytes appended.",
+    ),
+    (
+        "shardlog_partition_fsyncs_total",
+        "counter",
+        "fdatasync calls completed.",
+    ),
+    (
+        "shardlog_partition_fsync_latency_us",
+        "gauge",
+        "Latency of the last fdatasync, microseconds.",
+    ),
+    (
+        "shardlog_partition_fetched_records_total",
+        "counter",
+        "Records served by Fetch and Subscribe.",
+    ),
+    (
+        "shardlog_partition_fetched_bytes_total",
+        "counter",
+        "Value bytes served by Fetch and Subscribe.",
+    ),
+    (
+        "shardlog_cross_core_inflight",
+        "gauge",
+        "Calls waiting on another shard.",
+    ),
+    (
+        "shardlog_cross_core_refused_total",
+        "counter",
+        "Cross-core calls refused (queue full).",
+    ),
+    (
+        "shardlog_shard_busy_seconds_total",
+        "counter",
+        "CPU time the shard's executor spent running tasks.",
+    ),
+];
+
+/// Appends one sample line, tagged with its family for grouping.
+fn sample(
+    out: &mut String,
+    family: &str,
+    suffix: &str,
+    shard: usize,
+    labels: &str,
+    value: impl std::fmt::Display,
+) {
+    let _ = writeln!(
+        out,
+        "{family}\t{family}{suffix}{{shard=\"{shard}\"{labels}}} {value}"
+    );
+}
+
+/// Renders this shard's samples as `family\tsample-line` lines; the endpoint
+/// groups them under each family's HELP/TYPE header.
+pub fn render_shard(shard: &ShardContext) -> String {
+    let mut out = String::new();
+    let id = shard.id;
+    for ((service, method), stats) in shard.metrics.methods.borrow().iter() {
+        let labels = format!(",service=\"{service}\",method=\"{method}\"");
+        for (&code, &count) in &stats.by_code {
+            let status = code_name(Code(code));
+            sample(
+                &mut out,
+                "grpc_requests_total",
+                "",
+                id,
+                &format!("{labels},status=\"{status}\""),
+                count,
+            );
+        }
+        let family = "grpc_request_duration_seconds";
+        for (bucket, bound) in stats.buckets.iter().zip(LATENCY_BUCKETS_SECONDS) {
+            sample(
+                &mut out,
+                family,
+                "_bucket",
+                id,
+                &format!("{labels},le=\"{bound}\""),
+                bucket,
+            );
+        }
+        sample(
+            &mut out,
+            family,
+            "_bucket",
+            id,
+            &format!("{labels},le=\"+Inf\""),
+            stats.count,
+        );
+        sample(&mut out, family, "_sum", id, &labels, stats.sum_seconds);
+        sample(&mut out, family, "_count", id, &labels, stats.count);
+    }
+    let fetches = shard.metrics.fetches.borrow();
+    for partition in shard.engine.partitions() {
+        let pid = partition.id();
+        let labels = format!(",topic=\"{}\",partition=\"{}\"", pid.topic, pid.partition);
+        let offsets = partition.offsets();
+        let stats = partition.stats();
+        let fetched = fetches
+            .get(&(pid.topic.to_string(), pid.partition))
+            .copied()
+            .unwrap_or_default();
+        let gauges: [(&str, u64); 11] = [
+            ("shardlog_partition_log_start_offset", offsets.log_start),
+            ("shardlog_partition_log_end_offset", offsets.log_end),
+            ("shardlog_partition_durable_offset", offsets.durable),
+            ("shardlog_partition_size_bytes", partition.size_bytes()),
+            (
+                "shardlog_partition_faulted",
+                u64::from(partition.fault().is_some()),
+            ),
+            (
+                "shardlog_partition_appended_records_total",
+                stats.appended_records,
+            ),
+            (
+                "shardlog_partition_appended_bytes_total",
+                stats.appended_bytes,
+            ),
+            ("shardlog_partition_fsyncs_total", stats.syncs),
+            (
+                "shardlog_partition_fsync_latency_us",
+                stats.last_sync_latency_us,
+            ),
+            ("shardlog_partition_fetched_records_total", fetched.records),
+            ("shardlog_partition_fetched_bytes_total", fetched.bytes),
+        ];
+        for (family, value) in gauges {
+            sample(&mut out, family, "", id, &labels, value);
+        }
+    }
+    sample(
+        &mut out,
+        "shardlog_cross_core_inflight",
+        "",
+        id,
+        "",
+        shard.mesh.inflight(),
+    );
+    sample(
+        &mut out,
+        "shardlog_cross_core_refused_total",
+        "",
+        id,
+        "",
+        shard.mesh.refused_total(),
+    );
+    let busy = glommio::executor().executor_stats().total_runtime();
+    sample(
+        &mut out,
+        "shardlog_shard_busy_seconds_total",
+        "",
+        id,
+        "",
+        busy.as_secs_f64(),
+    );
+    out
+}
+
+/// Gathers every shard's samples and renders the exposition text.
+pub async fn render_all(shard: &Rc<ShardContext>) -> String {
+    let mut by_family: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for target in 0..shard.shard_count {
+        let text = match shard.call(target, Op::Metrics, None).await {
+            Ok(Reply::Metrics(text)) => text,
+            _ => continue,
+        };
+        for entry in text.lines() {
+            if let Some((family, sample)) = entry.split_once('\t')
+                && let Some((name, _, _)) = FAMILIES.iter().find(|(name, _, _)| *name == family)
+            {
+                by_family.entry(name).or_default().push(sample.to_owned());
+            }
+        }
+    }
+    let mut out = String::new();
+    for (name, kind, help) in FAMILIES {
+        let Some(samples) = by_family.get(name) else {
+            continue;
+        };
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for sample in samples {
+            out.push_str(sample);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Serves `GET /metrics` over plain HTTP/1.1 on shard 0 until the listener
+/// is dropped. One connection at a time is enough for a scraper.
+pub async fn serve(listener: glommio::net::TcpListener, shard: Rc<ShardContext>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(error) => {
+                warn!(%error, "metrics accept failed");
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let answer = answer_one(stream, &shard);
+        let timeout = async {
+            glommio::timer::sleep(METRICS_REQUEST_TIMEOUT).await;
+        };
+        futures_lite::future::or(answer, timeout).await;
+    }
+}
+
+async fn answer_one(mut stream: glommio::net::TcpStream, shard: &Rc<ShardContext>) {
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !head.windows(4).any(|window| window == b"\r\n\r\n") {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => head.extend_from_slice(&chunk[..read]),
+        }
+        if head.len() > METRICS_REQUEST_BYTES_MAX {
+            let _ = stream.write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\n\r\n").await;
+            return;
+        }
+    }
+    let request_line = head.split(|&byte| byte == b'\r').next().unwrap_or_default();
+    let response = if request_line.starts_with(b"GET /metrics ") {
+        let body = render_all(shard).await;
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    } else {
+        "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_owned()
+    };
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.close().await;
+}

@@ -1,0 +1,198 @@
+//! The operations a shard executes, for itself or for another shard, and
+//! their outcomes. Everything here is `Send`: it crosses the mesh.
+
+use shardlog_engine::{
+    AckLevel, AppendBatch, Appended, EngineError, Offsets, PartitionConfig, ReadLimits, ReadResult,
+};
+use shardlog_wire::{Code, Status};
+
+use crate::catalog::{TopicMeta, TopicRetention};
+use crate::groups::{CommittedOffset, GroupError};
+
+/// One operation, addressed to the shard that owns its subject.
+pub enum Op {
+    /// Append a batch to a local partition.
+    Append {
+        /// Topic name.
+        topic: String,
+        /// Partition number.
+        partition: u32,
+        /// The records and producer identity.
+        batch: AppendBatch,
+        /// When to acknowledge.
+        ack: AckLevel,
+    },
+    /// Read records from a local partition, optionally waiting for new ones.
+    Read {
+        /// Topic name.
+        topic: String,
+        /// Partition number.
+        partition: u32,
+        /// First offset wanted.
+        offset: u64,
+        /// Size bounds of the answer.
+        limits: ReadLimits,
+        /// Wait up to this long for records at `offset`.
+        wait_ms: u64,
+    },
+    /// Describe a local partition.
+    Describe {
+        /// Topic name.
+        topic: String,
+        /// Partition number.
+        partition: u32,
+    },
+    /// Create (or open) local partitions of a topic.
+    OpenPartitions {
+        /// Topic name.
+        topic: String,
+        /// Partition numbers this shard owns.
+        partitions: Vec<u32>,
+        /// Segment and retention settings.
+        config: PartitionConfig,
+    },
+    /// Close and delete local partitions of a topic.
+    RemovePartitions {
+        /// Topic name.
+        topic: String,
+        /// Partition numbers this shard owns.
+        partitions: Vec<u32>,
+    },
+    /// Catalog change broadcast by shard 0.
+    CatalogUpsert(TopicMeta),
+    /// Catalog removal broadcast by shard 0.
+    CatalogRemove(String),
+    /// Create a topic (only shard 0 executes this).
+    CreateTopic {
+        /// Topic name.
+        name: String,
+        /// Partition count.
+        partition_count: u32,
+        /// Retention settings.
+        retention: TopicRetention,
+    },
+    /// Delete a topic (only shard 0 executes this).
+    DeleteTopic {
+        /// Topic name.
+        name: String,
+    },
+    /// Commit a consumer-group offset on the group's owner.
+    CommitOffset {
+        /// Group name.
+        group: String,
+        /// What to commit.
+        entry: CommittedOffset,
+    },
+    /// Look up a committed offset on the group's owner.
+    GetCommitted {
+        /// Group name.
+        group: String,
+        /// Topic name.
+        topic: String,
+        /// Partition number.
+        partition: u32,
+    },
+    /// This shard's metrics in Prometheus text format.
+    Metrics,
+}
+
+/// A partition as `DescribeTopic` reports it.
+#[derive(Debug, Clone)]
+pub struct PartitionState {
+    /// Offsets.
+    pub offsets: Offsets,
+    /// Bytes on disk.
+    pub size_bytes: u64,
+    /// Why the partition refuses service, if it does.
+    pub fault: Option<String>,
+}
+
+/// The successful outcome of an [`Op`].
+pub enum Reply {
+    /// Append result.
+    Appended(Appended),
+    /// Read result with the partition's offsets after the read.
+    Read(ReadResult, Offsets),
+    /// Describe result.
+    Described(PartitionState),
+    /// A topic's metadata.
+    Topic(TopicMeta),
+    /// Committed offset and metadata, if any.
+    Committed(Option<(u64, String)>),
+    /// Metrics text.
+    Metrics(String),
+    /// Done, nothing to report.
+    Done,
+}
+
+/// A failed [`Op`]: a gRPC code and a message naming what was involved.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The gRPC status code.
+    pub code: Code,
+    /// What went wrong, for humans.
+    pub message: String,
+}
+
+impl Failure {
+    /// A failure with `code` and `message`.
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// NOT_FOUND for a topic.
+    pub fn unknown_topic(topic: &str) -> Self {
+        Self::new(Code::NOT_FOUND, format!("topic {topic:?} does not exist"))
+    }
+
+    /// A reply of the wrong kind: a bug, reported as INTERNAL.
+    pub fn unexpected_reply(op: &str) -> Self {
+        Self::new(
+            Code::INTERNAL,
+            format!("{op}: unexpected reply kind from the owning shard"),
+        )
+    }
+}
+
+impl From<Failure> for Status {
+    fn from(failure: Failure) -> Self {
+        Status::new(failure.code, failure.message)
+    }
+}
+
+impl From<EngineError> for Failure {
+    fn from(error: EngineError) -> Self {
+        Self::new(engine_error_code(&error), error.to_string())
+    }
+}
+
+impl From<GroupError> for Failure {
+    fn from(error: GroupError) -> Self {
+        let code = match error {
+            GroupError::Limit { .. } => Code::RESOURCE_EXHAUSTED,
+            GroupError::Meta(_) => Code::INTERNAL,
+        };
+        Self::new(code, error.to_string())
+    }
+}
+
+/// The gRPC code a client can act on for each engine error.
+pub fn engine_error_code(error: &EngineError) -> Code {
+    match error {
+        EngineError::InvalidTopicName { .. } => Code::INVALID_ARGUMENT,
+        EngineError::EmptyBatch { .. } => Code::INVALID_ARGUMENT,
+        EngineError::BatchTooLarge { .. } => Code::RESOURCE_EXHAUSTED,
+        EngineError::OffsetOutOfRange { .. } => Code::OUT_OF_RANGE,
+        EngineError::SequenceGap { .. } | EngineError::StaleSequence { .. } => {
+            Code::FAILED_PRECONDITION
+        }
+        EngineError::PartitionNotFound { .. } => Code::NOT_FOUND,
+        EngineError::Format(_) => Code::INVALID_ARGUMENT,
+        EngineError::NoSpace { .. } => Code::RESOURCE_EXHAUSTED,
+        EngineError::Closed { .. } => Code::UNAVAILABLE,
+        _ => Code::INTERNAL,
+    }
+}

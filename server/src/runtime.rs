@@ -1,0 +1,399 @@
+//! The shard-per-core runtime: one glommio executor per shard (pinned to its
+//! CPU unless told otherwise), each binding the listen address with
+//! SO_REUSEPORT and serving its own connections; startup (catalog, orphan
+//! cleanup, partition recovery) and graceful shutdown.
+//!
+//! Shutdown, on SIGTERM/SIGINT: every shard stops taking new calls (health
+//! NOT_SERVING, GOAWAY), lets in-flight calls finish within the drain grace,
+//! waits for all shards to get there (in-flight calls may need other shards),
+//! syncs and closes its partitions, and exits. A second signal exits at once.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorBuilder, Placement};
+use shardlog_engine::{DmaStorage, Shard as EngineShard};
+use shardlog_wire::server::{Router, Server, ServerConfig};
+use shardlog_wire::services::health::{HealthReporter, ServingStatus};
+use tracing::{error, info, warn};
+
+use crate::catalog::{self, Catalog};
+use crate::config::Config;
+use crate::groups::GroupStore;
+use crate::mesh::{Envelope, Executor, Mesh};
+use crate::shard::ShardContext;
+
+/// Poll period of the cross-shard rendezvous during startup and shutdown.
+const RENDEZVOUS_POLL: Duration = Duration::from_millis(2);
+
+/// Why the server could not start or stopped badly.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Startup failed before serving.
+    #[error("startup: {0}")]
+    Startup(String),
+    /// A shard failed.
+    #[error("shard {shard}: {reason}")]
+    Shard {
+        /// Which shard.
+        shard: usize,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// Counts shards arriving at a point; each waits for all.
+struct Rendezvous {
+    arrived: AtomicUsize,
+    total: usize,
+}
+
+impl Rendezvous {
+    fn new(total: usize) -> Arc<Self> {
+        Arc::new(Self {
+            arrived: AtomicUsize::new(0),
+            total,
+        })
+    }
+
+    async fn arrive_and_wait(&self) {
+        self.arrived.fetch_add(1, Ordering::AcqRel);
+        while self.arrived.load(Ordering::Acquire) < self.total {
+            glommio::timer::sleep(RENDEZVOUS_POLL).await;
+        }
+    }
+}
+
+/// What every shard thread gets.
+struct ShardStart {
+    id: usize,
+    config: Arc<Config>,
+    catalog: Catalog,
+    mesh: MeshBuilder<Envelope, glommio::channels::channel_mesh::Full>,
+    listen: SocketAddr,
+    started: Arc<Rendezvous>,
+    drained: Arc<Rendezvous>,
+    closed: Arc<Rendezvous>,
+    shutdown: flume::Receiver<()>,
+}
+
+/// Runs the server until shutdown. `on_listening` is called once with the
+/// bound gRPC address (useful when the configured port is 0).
+pub fn run(config: Config, on_listening: impl FnOnce(SocketAddr)) -> Result<(), RunError> {
+    let config = Arc::new(config);
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        RunError::Startup(format!(
+            "create data dir {}: {e}",
+            config.data_dir.display()
+        ))
+    })?;
+    let _lock = lock_data_dir(&config.data_dir)?;
+    let shards = config.shards;
+    let catalog = catalog::load(&config.data_dir, shards as u32)
+        .map_err(|e| RunError::Startup(e.to_string()))?;
+    remove_orphan_partitions(&config.data_dir, &catalog)?;
+
+    let mesh = MeshBuilder::full(shards, config.limits.cross_core_queue_depth);
+    let (started, drained, closed) = (
+        Rendezvous::new(shards),
+        Rendezvous::new(shards),
+        Rendezvous::new(shards),
+    );
+    let shutdown_senders = install_signal_handler(shards)?;
+    let mut listen = config.listen;
+    let mut handles = Vec::with_capacity(shards);
+    for (id, shutdown) in shutdown_senders.into_iter().enumerate() {
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let start = ShardStart {
+            id,
+            config: config.clone(),
+            catalog: catalog.clone(),
+            mesh: mesh.clone(),
+            listen,
+            started: started.clone(),
+            drained: drained.clone(),
+            closed: closed.clone(),
+            shutdown,
+        };
+        let placement = if config.pin_cpus {
+            Placement::Fixed(config.cpu_of_shard(id))
+        } else {
+            Placement::Unbound
+        };
+        // Executors are created in shard order: the mesh numbers its peers by
+        // executor id, so peer id == shard id.
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("shard-{id}"))
+            .spawn(move || async move { run_shard(start, bound_tx).await })
+            .map_err(|e| RunError::Startup(format!("start shard {id}: {e}")))?;
+        // Shard 0 binds first so a configured port 0 becomes one real port
+        // that every other shard then binds with SO_REUSEPORT.
+        listen = bound_rx
+            .recv()
+            .map_err(|_| RunError::Startup(format!("shard {id} failed before binding")))?
+            .map_err(|e| RunError::Startup(format!("bind {listen}: {e}")))?;
+        handles.push(handle);
+    }
+    on_listening(listen);
+    let mut outcome = Ok(());
+    for (shard, handle) in handles.into_iter().enumerate() {
+        let result = handle.join().map_err(|e| RunError::Shard {
+            shard,
+            reason: e.to_string(),
+        });
+        if let Err(error) = result.and_then(|inner| inner) {
+            error!(%error, "shard stopped with an error");
+            outcome = outcome.and(Err(error));
+        }
+    }
+    outcome
+}
+
+async fn run_shard(
+    start: ShardStart,
+    bound: std::sync::mpsc::Sender<std::io::Result<SocketAddr>>,
+) -> Result<(), RunError> {
+    let id = start.id;
+    let fail = |reason: String| RunError::Shard { shard: id, reason };
+    let listener = match glommio::net::TcpListener::bind(start.listen) {
+        Ok(listener) => listener,
+        Err(e) => {
+            let _ = bound.send(Err(std::io::Error::other(e.to_string())));
+            return Err(fail(format!("bind {}: {e}", start.listen)));
+        }
+    };
+    let local = listener.local_addr().map_err(|e| fail(e.to_string()))?;
+    let _ = bound.send(Ok(local));
+
+    let (senders, receivers) = start
+        .mesh
+        .join()
+        .await
+        .map_err(|_| fail("joining the mesh failed".into()))?;
+    let config = start.config;
+    let mesh = Mesh::new(id, senders, config.limits.cross_core_inflight_max);
+    let storage = DmaStorage::default();
+    let engine = EngineShard::new(config.data_dir.clone(), storage);
+    let groups =
+        GroupStore::load(&config.data_dir, id, config.shards).map_err(|e| fail(e.to_string()))?;
+    let shard = ShardContext::new(
+        id,
+        config.clone(),
+        engine,
+        start.catalog,
+        groups,
+        mesh.clone(),
+    );
+
+    let executor: Executor = {
+        let shard = shard.clone();
+        Rc::new(move |op, deadline| shard.clone().execute(op, deadline))
+    };
+    let mesh_task = glommio::spawn_local(mesh.clone().serve(receivers, executor)).detach();
+    shard.open_owned_partitions().await;
+    start.started.arrive_and_wait().await;
+
+    let health = HealthReporter::new();
+    let server = Server::new(build_router(&shard, &health), server_config(&config));
+    health.set_serving_status("", ServingStatus::Serving);
+    health.set_serving_status("shardlog.v1.Log", ServingStatus::Serving);
+    let serving = glommio::spawn_local({
+        let server = server.clone();
+        async move { server.serve(listener).await }
+    })
+    .detach();
+    if id == 0 {
+        spawn_metrics_endpoint(&shard, config.metrics_listen);
+    }
+    spawn_retention(&shard);
+    if id == 0 {
+        info!(address = %local, shards = config.shards, data_dir = %config.data_dir.display(), "serving");
+    }
+
+    let _ = start.shutdown.recv_async().await;
+    info!(shard = id, "draining");
+    shard.draining.set(true);
+    health.set_all_not_serving();
+    server.shutdown().await;
+    drop(serving);
+    start.drained.arrive_and_wait().await;
+    let closed = shard.engine.close().await;
+    start.closed.arrive_and_wait().await;
+    mesh.close();
+    drop(mesh_task);
+    closed.map_err(|e| fail(format!("closing partitions: {e}")))?;
+    info!(shard = id, "stopped");
+    Ok(())
+}
+
+fn build_router(shard: &Rc<ShardContext>, health: &HealthReporter) -> Router {
+    let mut router = Router::new();
+    crate::service::register(&mut router, shard);
+    if shard.config.grpc_testing {
+        shardlog_wire::services::testing::register(&mut router);
+    }
+    shardlog_wire::services::health::register(&mut router, health.clone());
+    let mut services = router.service_names();
+    services.push("grpc.health.v1.Health".to_owned());
+    services.push("grpc.reflection.v1.ServerReflection".to_owned());
+    services.push("grpc.reflection.v1alpha.ServerReflection".to_owned());
+    services.sort();
+    services.dedup();
+    shardlog_wire::services::reflection::register(&mut router, services);
+    router
+}
+
+fn server_config(config: &Config) -> ServerConfig {
+    let transport = &config.transport;
+    let millis = Duration::from_millis;
+    ServerConfig {
+        max_concurrent_streams: transport.max_concurrent_streams,
+        max_header_list_size_bytes: transport.max_header_list_size_bytes,
+        max_message_bytes: config.limits.message_bytes_max,
+        initial_stream_window_bytes: transport.stream_window_bytes,
+        initial_connection_window_bytes: transport.connection_window_bytes,
+        handshake_timeout: millis(transport.handshake_timeout_ms),
+        idle_timeout: (transport.idle_timeout_ms > 0).then(|| millis(transport.idle_timeout_ms)),
+        keepalive_interval: (transport.keepalive_interval_ms > 0)
+            .then(|| millis(transport.keepalive_interval_ms)),
+        keepalive_timeout: millis(transport.keepalive_timeout_ms),
+        drain_grace: millis(transport.drain_grace_ms),
+        max_connections: config.limits.connections_per_shard_max,
+        ..ServerConfig::default()
+    }
+}
+
+fn spawn_metrics_endpoint(shard: &Rc<ShardContext>, address: Option<SocketAddr>) {
+    let Some(address) = address else { return };
+    match glommio::net::TcpListener::bind(address) {
+        Ok(listener) => {
+            info!(%address, "metrics endpoint");
+            glommio::spawn_local(crate::metrics::serve(listener, shard.clone())).detach();
+        }
+        Err(error) => warn!(%address, %error, "metrics endpoint disabled: bind failed"),
+    }
+}
+
+fn spawn_retention(shard: &Rc<ShardContext>) {
+    let interval = Duration::from_millis(shard.config.storage.retention_check_interval_ms.max(100));
+    let queue = glommio::executor().create_task_queue(
+        glommio::Shares::Static(100),
+        glommio::Latency::NotImportant,
+        "retention",
+    );
+    let shard = shard.clone();
+    let task = glommio::spawn_local_into(
+        async move {
+            loop {
+                glommio::timer::sleep(interval).await;
+                if shard.draining.get() {
+                    return;
+                }
+                let now_ms = crate::unix_now_ms();
+                for partition in shard.engine.partitions() {
+                    if let Err(error) = partition.enforce_retention(now_ms).await {
+                        warn!(partition = ?partition.id(), %error, "retention failed");
+                    }
+                }
+            }
+        },
+        queue,
+    );
+    if let Ok(task) = task {
+        task.detach();
+    }
+}
+
+/// Holds an exclusive `flock` on `<data_dir>/LOCK` so two servers never
+/// share a data directory.
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, RunError> {
+    use std::os::fd::AsRawFd;
+    let path = data_dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| RunError::Startup(format!("open {}: {e}", path.display())))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if locked != 0 {
+        return Err(RunError::Startup(format!(
+            "data dir {} is in use by another shardlog process",
+            data_dir.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// Removes partition directories the catalog does not know: a topic
+/// creation or deletion interrupted by a crash (the catalog file is the
+/// commit point). Only ever touches `<data_dir>/topics/`.
+fn remove_orphan_partitions(data_dir: &Path, catalog: &Catalog) -> Result<(), RunError> {
+    let topics_dir = data_dir.join("topics");
+    let entries = match std::fs::read_dir(&topics_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(RunError::Startup(format!(
+                "read {}: {e}",
+                topics_dir.display()
+            )));
+        }
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        let Some(meta) = catalog.topic(&name) else {
+            warn!(path = %path.display(), "removing topic directory unknown to the catalog");
+            std::fs::remove_dir_all(&path)
+                .map_err(|e| RunError::Startup(format!("remove {}: {e}", path.display())))?;
+            continue;
+        };
+        for partition_entry in std::fs::read_dir(&path).into_iter().flatten().flatten() {
+            let partition_name = partition_entry.file_name().to_string_lossy().into_owned();
+            let known = partition_name
+                .parse::<u32>()
+                .is_ok_and(|p| p < meta.partition_count);
+            if !known {
+                let orphan = partition_entry.path();
+                warn!(path = %orphan.display(), "removing partition directory unknown to the catalog");
+                std::fs::remove_dir_all(&orphan)
+                    .map_err(|e| RunError::Startup(format!("remove {}: {e}", orphan.display())))?;
+            }
+        }
+    }
+    crate::meta_store::sync_dir(&topics_dir).map_err(|e| RunError::Startup(e.to_string()))
+}
+
+/// Starts the thread that turns SIGTERM/SIGINT into a shutdown message per
+/// shard; a second signal exits immediately.
+fn install_signal_handler(shards: usize) -> Result<Vec<flume::Receiver<()>>, RunError> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| RunError::Startup(format!("install signal handler: {e}")))?;
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..shards).map(|_| flume::bounded(1)).unzip();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for signal in signals.forever() {
+                seen += 1;
+                if seen > 1 {
+                    warn!(signal, "second signal: exiting now");
+                    std::process::exit(130);
+                }
+                info!(signal, "shutting down");
+                for sender in &senders {
+                    let _ = sender.try_send(());
+                }
+            }
+        })
+        .map_err(|e| RunError::Startup(format!("spawn signal thread: {e}")))?;
+    Ok(receivers)
+}

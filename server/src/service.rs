@@ -1,0 +1,663 @@
+//! The `shardlog.v1.Log` gRPC service: validates requests, routes each to the
+//! shard owning its partition, and maps outcomes to gRPC statuses a client
+//! can act on. One instance per shard, registered on that shard's router.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use shardlog_engine::{
+    AckLevel, AppendBatch, Header, ProducerSeq, ReadLimits, Record, StoredRecord,
+};
+use shardlog_wire::proto::shardlog::v1 as pb;
+use shardlog_wire::server::Router;
+use shardlog_wire::{Code, Request, Response, ResponseSink, Status, Streaming};
+
+use crate::catalog::{TopicMeta, TopicRetention};
+use crate::groups::CommittedOffset;
+use crate::ops::{Failure, Op, Reply};
+use crate::shard::{CATALOG_SHARD, ShardContext};
+
+const SERVICE: &str = "shardlog.v1.Log";
+/// How long one Subscribe long-poll waits before checking for shutdown.
+pub const SUBSCRIBE_POLL_MS: u64 = 500;
+
+/// Registers every Log method on `router`, served by `shard`.
+pub fn register(router: &mut Router, shard: &Rc<ShardContext>) {
+    macro_rules! unary {
+        ($method:literal, $handler:ident) => {{
+            let shard = shard.clone();
+            router.unary(concat!("/shardlog.v1.Log/", $method), move |request| {
+                let shard = shard.clone();
+                instrument(shard.clone(), $method, async move {
+                    $handler(&shard, request).await.map(Response::new)
+                })
+            });
+        }};
+    }
+    unary!("CreateTopic", create_topic);
+    unary!("DeleteTopic", delete_topic);
+    unary!("ListTopics", list_topics);
+    unary!("DescribeTopic", describe_topic);
+    unary!("Produce", produce);
+    unary!("Fetch", fetch);
+    unary!("CommitOffset", commit_offset);
+    unary!("GetCommittedOffset", get_committed_offset);
+
+    let streaming = shard.clone();
+    router.bidi_streaming("/shardlog.v1.Log/ProduceStream", move |request, sink| {
+        let shard = streaming.clone();
+        instrument(
+            shard.clone(),
+            "ProduceStream",
+            produce_stream(shard, request, sink),
+        )
+    });
+    let appending = shard.clone();
+    router.client_streaming("/shardlog.v1.Log/Append", move |request| {
+        let shard = appending.clone();
+        instrument(shard.clone(), "Append", async move {
+            append(&shard, request).await.map(Response::new)
+        })
+    });
+    let subscribing = shard.clone();
+    router.server_streaming("/shardlog.v1.Log/Subscribe", move |request, sink| {
+        let shard = subscribing.clone();
+        instrument(shard.clone(), "Subscribe", subscribe(shard, request, sink))
+    });
+}
+
+/// Counts the call and its latency by final status.
+async fn instrument<T>(
+    shard: Rc<ShardContext>,
+    method: &'static str,
+    call: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    let started = Instant::now();
+    let result = call.await;
+    let code = result.as_ref().map_or_else(Status::code, |_| Code::OK);
+    shard
+        .metrics
+        .record_call(SERVICE, method, code, started.elapsed());
+    result
+}
+
+fn refuse_when_draining(shard: &ShardContext) -> Result<(), Status> {
+    if shard.draining.get() {
+        return Err(Status::new(
+            Code::UNAVAILABLE,
+            "server is shutting down; retry on another server",
+        ));
+    }
+    Ok(())
+}
+
+async fn create_topic(
+    shard: &Rc<ShardContext>,
+    request: Request<pb::CreateTopicRequest>,
+) -> Result<pb::CreateTopicResponse, Status> {
+    refuse_when_draining(shard)?;
+    let request = request.into_inner();
+    let retention = request.retention.unwrap_or_default();
+    let op = Op::CreateTopic {
+        name: request.topic,
+        partition_count: request.partition_count,
+        retention: TopicRetention {
+            retention_bytes: retention.retention_bytes,
+            retention_ms: retention.retention_ms,
+            segment_bytes: retention.segment_bytes,
+        },
+    };
+    match shard.call(CATALOG_SHARD, op, None).await? {
+        Reply::Topic(meta) => Ok(pb::CreateTopicResponse {
+            topic: Some(describe(shard, &meta).await?),
+        }),
+        _ => Err(Failure::unexpected_reply("CreateTopic").into()),
+    }
+}
+
+async fn delete_topic(
+    shard: &Rc<ShardContext>,
+    request: Request<pb::DeleteTopicRequest>,
+) -> Result<pb::DeleteTopicResponse, Status> {
+    refuse_when_draining(shard)?;
+    let name = request.into_inner().topic;
+    shard
+        .call(CATALOG_SHARD, Op::DeleteTopic { name }, None)
+        .await?;
+    Ok(pb::DeleteTopicResponse {})
+}
+
+async fn list_topics(
+    shard: &Rc<ShardContext>,
+    _request: Request<pb::ListTopicsRequest>,
+) -> Result<pb::ListTopicsResponse, Status> {
+    let topics = shard
+        .catalog
+        .borrow()
+        .topics()
+        .map(|meta| meta.name.clone())
+        .collect();
+    Ok(pb::ListTopicsResponse { topics })
+}
+
+async fn describe_topic(
+    shard: &Rc<ShardContext>,
+    request: Request<pb::DescribeTopicRequest>,
+) -> Result<pb::DescribeTopicResponse, Status> {
+    let meta = shard.topic(&request.into_inner().topic)?;
+    Ok(pb::DescribeTopicResponse {
+        topic: Some(describe(shard, &meta).await?),
+    })
+}
+
+async fn describe(
+    shard: &Rc<ShardContext>,
+    meta: &TopicMeta,
+) -> Result<pb::TopicDescription, Status> {
+    let calls = (0..meta.partition_count).map(|partition| {
+        let owner = meta.owner(partition).unwrap_or(0);
+        let op = Op::Describe {
+            topic: meta.name.clone(),
+            partition,
+        };
+        async move { (partition, owner, shard.call(owner, op, None).await) }
+    });
+    let mut partitions = Vec::with_capacity(meta.partition_count as usize);
+    for (partition, owner, result) in futures_util::future::join_all(calls).await {
+        let mut description = pb::PartitionDescription {
+            partition,
+            owner_shard: owner as u32,
+            ..Default::default()
+        };
+        match result {
+            Ok(Reply::Described(state)) => {
+                description.log_start_offset = state.offsets.log_start;
+                description.log_end_offset = state.offsets.log_end;
+                description.durable_offset = state.offsets.durable;
+                description.size_bytes = state.size_bytes;
+                description.fault = state.fault.unwrap_or_default();
+            }
+            Ok(_) => return Err(Failure::unexpected_reply("Describe").into()),
+            Err(failure) => description.fault = failure.message,
+        }
+        partitions.push(description);
+    }
+    Ok(pb::TopicDescription {
+        name: meta.name.clone(),
+        partition_count: meta.partition_count,
+        retention: Some(pb::RetentionPolicy {
+            retention_bytes: meta.retention.retention_bytes,
+            retention_ms: meta.retention.retention_ms,
+            segment_bytes: meta.retention.segment_bytes,
+        }),
+        partitions,
+    })
+}
+
+/// A validated produce, ready to send to its owner.
+struct PreparedProduce {
+    owner: usize,
+    topic: String,
+    partition: u32,
+    op: Op,
+}
+
+fn prepare_produce(
+    shard: &ShardContext,
+    request: pb::ProduceRequest,
+) -> Result<PreparedProduce, Status> {
+    refuse_when_draining(shard)?;
+    let meta = shard.topic(&request.topic)?;
+    let limits = &shard.config.limits;
+    if request.records.is_empty() {
+        return Err(Status::new(
+            Code::INVALID_ARGUMENT,
+            format!("produce to {:?}: empty batch", meta.name),
+        ));
+    }
+    if request.records.len() > limits.batch_records_max {
+        return Err(Status::new(
+            Code::RESOURCE_EXHAUSTED,
+            format!(
+                "produce to {:?}: {} records, more than the limit of {}",
+                meta.name,
+                request.records.len(),
+                limits.batch_records_max
+            ),
+        ));
+    }
+    let partition = match request.partition {
+        Some(partition) if partition >= meta.partition_count => {
+            return Err(Status::new(
+                Code::INVALID_ARGUMENT,
+                format!(
+                    "partition {partition} out of range: topic {:?} has {} partitions",
+                    meta.name, meta.partition_count
+                ),
+            ));
+        }
+        Some(partition) => partition,
+        None => {
+            let key = request.records[0].key.as_deref();
+            shard.choose_partition(&meta.name, meta.partition_count, key)
+        }
+    };
+    let producer = producer_identity(&request, &meta.name)?;
+    let ack = match pb::AckLevel::try_from(request.ack) {
+        Ok(pb::AckLevel::Durable) => AckLevel::Durable,
+        Ok(pb::AckLevel::Written) => AckLevel::Written,
+        Err(_) => {
+            return Err(Status::new(
+                Code::INVALID_ARGUMENT,
+                format!("unknown ack level {}", request.ack),
+            ));
+        }
+    };
+    let records = convert_records(
+        request.records,
+        limits.record_bytes_max,
+        &meta.name,
+        partition,
+    )?;
+    let owner = meta.owner(partition).unwrap_or(0);
+    Ok(PreparedProduce {
+        owner,
+        topic: meta.name.clone(),
+        partition,
+        op: Op::Append {
+            topic: meta.name,
+            partition,
+            batch: AppendBatch { records, producer },
+            ack,
+        },
+    })
+}
+
+fn producer_identity(
+    request: &pb::ProduceRequest,
+    topic: &str,
+) -> Result<Option<ProducerSeq>, Status> {
+    match (request.producer_id, request.sequence) {
+        (0, None) => Ok(None),
+        (0, Some(_)) => Err(Status::new(
+            Code::INVALID_ARGUMENT,
+            format!("produce to {topic:?}: a sequence needs a non-zero producer_id"),
+        )),
+        (_, None) => Err(Status::new(
+            Code::INVALID_ARGUMENT,
+            format!(
+                "produce to {topic:?}: producer_id {} needs a sequence",
+                request.producer_id
+            ),
+        )),
+        (producer_id, Some(sequence)) => Ok(Some(ProducerSeq {
+            producer_id,
+            sequence,
+        })),
+    }
+}
+
+fn convert_records(
+    records: Vec<pb::Record>,
+    record_bytes_max: usize,
+    topic: &str,
+    partition: u32,
+) -> Result<Vec<Record>, Status> {
+    let append_time_ms = crate::unix_now_ms();
+    records
+        .into_iter()
+        .enumerate()
+        .map(|(index, record)| {
+            let headers_bytes: usize = record.headers.iter().map(|h| h.key.len() + h.value.len()).sum();
+            let record_bytes = record.key.as_ref().map_or(0, Bytes::len) + record.value.len() + headers_bytes;
+            if record_bytes > record_bytes_max {
+                return Err(Status::new(
+                    Code::RESOURCE_EXHAUSTED,
+                    format!(
+                        "produce to {topic}/{partition}: record {index} is {record_bytes} bytes, over the limit of {record_bytes_max}"
+                    ),
+                ));
+            }
+            Ok(Record {
+                key: record.key,
+                value: record.value,
+                timestamp_ms: if record.timestamp_ms == 0 { append_time_ms } else { record.timestamp_ms },
+                headers: record
+                    .headers
+                    .into_iter()
+                    .map(|header| Header {
+                        key: Bytes::from(header.key),
+                        value: header.value,
+                    })
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+async fn run_produce(
+    shard: Rc<ShardContext>,
+    prepared: PreparedProduce,
+    deadline: Option<Instant>,
+) -> Result<pb::ProduceResponse, Status> {
+    let partition = prepared.partition;
+    match shard.call(prepared.owner, prepared.op, deadline).await? {
+        Reply::Appended(appended) => Ok(pb::ProduceResponse {
+            partition,
+            base_offset: appended.base_offset,
+            record_count: appended.record_count,
+            duplicate: appended.duplicate,
+        }),
+        _ => Err(Failure::unexpected_reply("Produce").into()),
+    }
+}
+
+async fn produce(
+    shard: &Rc<ShardContext>,
+    request: Request<pb::ProduceRequest>,
+) -> Result<pb::ProduceResponse, Status> {
+    let deadline = request.context().deadline();
+    let prepared = prepare_produce(shard, request.into_inner())?;
+    run_produce(shard.clone(), prepared, deadline).await
+}
+
+/// Starts every produce of a stream in arrival order (so offsets follow the
+/// request order) and hands their tasks, in order, to `on_done`. At most
+/// `stream_inflight_max` produces are in flight; reading waits beyond that.
+async fn pipeline<F, Fut>(
+    shard: Rc<ShardContext>,
+    mut input: Streaming<pb::ProduceRequest>,
+    deadline: Option<Instant>,
+    mut on_done: F,
+) -> Result<(), Status>
+where
+    F: FnMut(String, pb::ProduceResponse) -> Fut,
+    Fut: Future<Output = Result<(), Status>>,
+{
+    type Started = glommio::task::JoinHandle<Result<pb::ProduceResponse, Status>>;
+    let window = shard.config.limits.stream_inflight_max;
+    let (started_tx, started_rx) =
+        glommio::channels::local_channel::new_bounded::<(String, Started)>(window);
+    let reader = async {
+        while let Some(request) = input.message().await? {
+            let prepared = prepare_produce(&shard, request)?;
+            let topic = prepared.topic.clone();
+            let task =
+                glommio::spawn_local(run_produce(shard.clone(), prepared, deadline)).detach();
+            if started_tx.send((topic, task)).await.is_err() {
+                break;
+            }
+        }
+        drop(started_tx);
+        Ok::<(), Status>(())
+    };
+    let writer = async {
+        while let Some((topic, task)) = started_rx.recv().await {
+            let response = task
+                .await
+                .unwrap_or_else(|| Err(Status::new(Code::UNAVAILABLE, "produce task cancelled")))?;
+            on_done(topic, response).await?;
+        }
+        Ok::<(), Status>(())
+    };
+    futures_lite::future::try_zip(reader, writer)
+        .await
+        .map(|_| ())
+}
+
+async fn produce_stream(
+    shard: Rc<ShardContext>,
+    request: Request<Streaming<pb::ProduceRequest>>,
+    sink: ResponseSink<pb::ProduceResponse>,
+) -> Result<(), Status> {
+    let deadline = request.context().deadline();
+    let input = request.into_inner();
+    let sink = std::cell::RefCell::new(sink);
+    pipeline(shard, input, deadline, |_topic, response| {
+        let sink = &sink;
+        async move { sink.borrow_mut().send(response).await }
+    })
+    .await
+}
+
+async fn append(
+    shard: &Rc<ShardContext>,
+    request: Request<Streaming<pb::ProduceRequest>>,
+) -> Result<pb::AppendSummary, Status> {
+    let deadline = request.context().deadline();
+    let input = request.into_inner();
+    let summary = std::cell::RefCell::new((
+        0u64,
+        0u64,
+        BTreeMap::<(String, u32), pb::PartitionSummary>::new(),
+    ));
+    pipeline(shard.clone(), input, deadline, |topic, response| {
+        let mut summary = summary.borrow_mut();
+        summary.0 += 1;
+        summary.1 += u64::from(response.record_count);
+        let last = response.base_offset + u64::from(response.record_count).saturating_sub(1);
+        let entry = summary
+            .2
+            .entry((topic.clone(), response.partition))
+            .or_insert_with(|| pb::PartitionSummary {
+                topic,
+                partition: response.partition,
+                first_offset: response.base_offset,
+                last_offset: last,
+                record_count: 0,
+            });
+        entry.first_offset = entry.first_offset.min(response.base_offset);
+        entry.last_offset = entry.last_offset.max(last);
+        entry.record_count += u64::from(response.record_count);
+        async { Ok(()) }
+    })
+    .await?;
+    let (request_count, record_count, partitions) = summary.into_inner();
+    Ok(pb::AppendSummary {
+        request_count,
+        record_count,
+        partitions: partitions.into_values().collect(),
+    })
+}
+
+/// Validates a (topic, partition) for reading; returns the owner.
+fn read_target(shard: &ShardContext, topic: &str, partition: u32) -> Result<usize, Status> {
+    let meta = shard.topic(topic)?;
+    meta.owner(partition).ok_or_else(|| {
+        Status::new(
+            Code::INVALID_ARGUMENT,
+            format!(
+                "partition {partition} out of range: topic {topic:?} has {} partitions",
+                meta.partition_count
+            ),
+        )
+    })
+}
+
+fn read_limits(shard: &ShardContext, max_bytes: u32, max_records: u32) -> ReadLimits {
+    let bytes_max = shard.config.limits.fetch_bytes_max;
+    ReadLimits {
+        max_bytes: if max_bytes == 0 {
+            bytes_max
+        } else {
+            (max_bytes as usize).min(bytes_max)
+        },
+        max_records: if max_records == 0 {
+            usize::MAX
+        } else {
+            max_records as usize
+        },
+    }
+}
+
+async fn read(
+    shard: &Rc<ShardContext>,
+    owner: usize,
+    topic: &str,
+    partition: u32,
+    offset: u64,
+    limits: ReadLimits,
+    wait_ms: u64,
+    deadline: Option<Instant>,
+) -> Result<pb::FetchResponse, Status> {
+    let op = Op::Read {
+        topic: topic.to_owned(),
+        partition,
+        offset,
+        limits,
+        wait_ms,
+    };
+    let (result, offsets) = match shard.call(owner, op, deadline).await? {
+        Reply::Read(result, offsets) => (result, offsets),
+        _ => return Err(Failure::unexpected_reply("Fetch").into()),
+    };
+    let bytes: u64 = result.records.iter().map(|r| r.value.len() as u64).sum();
+    shard
+        .metrics
+        .record_fetch(topic, partition, result.records.len() as u64, bytes);
+    Ok(pb::FetchResponse {
+        topic: topic.to_owned(),
+        partition,
+        records: result.records.into_iter().map(fetched_record).collect(),
+        next_offset: result.next_offset,
+        log_start_offset: offsets.log_start,
+        durable_offset: offsets.durable,
+    })
+}
+
+fn fetched_record(record: StoredRecord) -> pb::FetchedRecord {
+    pb::FetchedRecord {
+        offset: record.offset,
+        key: record.key,
+        value: record.value,
+        timestamp_ms: record.timestamp_ms,
+        headers: record
+            .headers
+            .into_iter()
+            .map(|header| pb::Header {
+                key: String::from_utf8_lossy(&header.key).into_owned(),
+                value: header.value,
+            })
+            .collect(),
+    }
+}
+
+/// The long-poll wait a fetch may take: what it asked, within the server's
+/// bound and the call's deadline.
+fn bounded_wait_ms(shard: &ShardContext, asked_ms: u32, deadline: Option<Instant>) -> u64 {
+    let mut wait_ms = u64::from(asked_ms).min(shard.config.limits.fetch_wait_ms_max);
+    if let Some(deadline) = deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        wait_ms = wait_ms.min(left.as_millis() as u64);
+    }
+    wait_ms
+}
+
+async fn fetch(
+    shard: &Rc<ShardContext>,
+    request: Request<pb::FetchRequest>,
+) -> Result<pb::FetchResponse, Status> {
+    let deadline = request.context().deadline();
+    let request = request.into_inner();
+    let owner = read_target(shard, &request.topic, request.partition)?;
+    let limits = read_limits(shard, request.max_bytes, request.max_records);
+    let wait_ms = bounded_wait_ms(shard, request.max_wait_ms, deadline);
+    read(
+        shard,
+        owner,
+        &request.topic,
+        request.partition,
+        request.offset,
+        limits,
+        wait_ms,
+        deadline,
+    )
+    .await
+}
+
+async fn subscribe(
+    shard: Rc<ShardContext>,
+    request: Request<pb::SubscribeRequest>,
+    mut sink: ResponseSink<pb::FetchResponse>,
+) -> Result<(), Status> {
+    let request = request.into_inner();
+    let owner = read_target(&shard, &request.topic, request.partition)?;
+    let limits = read_limits(&shard, request.max_bytes, 0);
+    let mut offset = request.offset;
+    loop {
+        refuse_when_draining(&shard)?;
+        let response = read(
+            &shard,
+            owner,
+            &request.topic,
+            request.partition,
+            offset,
+            limits,
+            SUBSCRIBE_POLL_MS,
+            None,
+        )
+        .await?;
+        if response.records.is_empty() {
+            continue;
+        }
+        offset = response.next_offset;
+        // Awaiting the send is the flow control: nothing more is read for
+        // this subscriber until the client has taken the last message.
+        sink.send(response).await?;
+    }
+}
+
+async fn commit_offset(
+    shard: &Rc<ShardContext>,
+    request: Request<pb::CommitOffsetRequest>,
+) -> Result<pb::CommitOffsetResponse, Status> {
+    refuse_when_draining(shard)?;
+    let request = request.into_inner();
+    validate_group(&request.group)?;
+    read_target(shard, &request.topic, request.partition)?;
+    let entry = CommittedOffset {
+        topic: request.topic,
+        partition: request.partition,
+        offset: request.offset,
+        metadata: request.metadata,
+    };
+    shard.commit_offset(request.group, entry).await?;
+    Ok(pb::CommitOffsetResponse {})
+}
+
+async fn get_committed_offset(
+    shard: &Rc<ShardContext>,
+    request: Request<pb::GetCommittedOffsetRequest>,
+) -> Result<pb::GetCommittedOffsetResponse, Status> {
+    let request = request.into_inner();
+    validate_group(&request.group)?;
+    read_target(shard, &request.topic, request.partition)?;
+    let owner = crate::groups::group_owner(&request.group, shard.shard_count);
+    let op = Op::GetCommitted {
+        group: request.group,
+        topic: request.topic,
+        partition: request.partition,
+    };
+    match shard.call(owner, op, None).await? {
+        Reply::Committed(committed) => Ok(pb::GetCommittedOffsetResponse {
+            offset: committed.as_ref().map(|(offset, _)| *offset),
+            metadata: committed.map(|(_, metadata)| metadata).unwrap_or_default(),
+        }),
+        _ => Err(Failure::unexpected_reply("GetCommittedOffset").into()),
+    }
+}
+
+/// Group names follow topic-name rules: they become file names.
+fn validate_group(group: &str) -> Result<(), Status> {
+    shardlog_engine::validate_topic_name(group).map_err(|_| {
+        Status::new(
+            Code::INVALID_ARGUMENT,
+            format!(
+                "invalid group name {group:?}: use 1-249 of [a-zA-Z0-9._-], not \".\" or \"..\""
+            ),
+        )
+    })
+}

@@ -1,0 +1,492 @@
+//! One shard: the state a pinned executor owns (its engine partitions, its
+//! copy of the catalog, the consumer groups it owns) and the execution of
+//! [`Op`]s, whether they come from this shard's connections or across the
+//! mesh from another shard.
+//!
+//! Lives on exactly one core; nothing in here is shared with another thread.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shardlog_engine::{DmaStorage, PartitionConfig, PartitionId, Shard as EngineShard};
+use shardlog_wire::Code;
+use tracing::{info, warn};
+
+use crate::catalog::{self, Catalog, TopicMeta, TopicRetention};
+use crate::config::Config;
+use crate::groups::{CommittedOffset, GroupStore, group_owner};
+use crate::mesh::Mesh;
+use crate::metrics::ShardMetrics;
+use crate::ops::{Failure, Op, PartitionState, Reply};
+
+/// Shard that owns the catalog and executes topic creation and deletion.
+pub const CATALOG_SHARD: usize = 0;
+
+/// Everything one shard owns.
+pub struct ShardContext {
+    /// This shard's index (also its mesh peer id).
+    pub id: usize,
+    /// Number of shards in the process.
+    pub shard_count: usize,
+    /// The server configuration (read-only).
+    pub config: Arc<Config>,
+    /// The storage engine's partitions owned here.
+    pub engine: EngineShard<DmaStorage>,
+    /// This shard's copy of the catalog.
+    pub catalog: RefCell<Catalog>,
+    /// Consumer groups owned here.
+    pub groups: GroupStore,
+    /// Cross-core calls.
+    pub mesh: Rc<Mesh>,
+    /// Metrics of this shard.
+    pub metrics: ShardMetrics,
+    /// Next partition for round-robin produce, per topic.
+    round_robin: RefCell<HashMap<String, u32>>,
+    /// Topics shard 0 is creating or deleting right now.
+    catalog_busy: RefCell<Vec<String>>,
+    /// Set once shutdown starts.
+    pub draining: Cell<bool>,
+}
+
+type OpFuture = Pin<Box<dyn Future<Output = Result<Reply, Failure>>>>;
+
+impl ShardContext {
+    /// Assembles a shard's state.
+    pub fn new(
+        id: usize,
+        config: Arc<Config>,
+        engine: EngineShard<DmaStorage>,
+        catalog: Catalog,
+        groups: GroupStore,
+        mesh: Rc<Mesh>,
+    ) -> Rc<Self> {
+        Rc::new(Self {
+            id,
+            shard_count: config.shards,
+            config,
+            engine,
+            catalog: RefCell::new(catalog),
+            groups,
+            mesh,
+            metrics: ShardMetrics::default(),
+            round_robin: RefCell::new(HashMap::new()),
+            catalog_busy: RefCell::new(Vec::new()),
+            draining: Cell::new(false),
+        })
+    }
+
+    /// The partition config a topic's partitions get.
+    pub fn partition_config(&self, retention: &TopicRetention) -> PartitionConfig {
+        let storage = &self.config.storage;
+        let non_zero = |value: u64| (value > 0).then_some(value);
+        PartitionConfig {
+            segment_bytes_max: non_zero(retention.segment_bytes)
+                .unwrap_or(storage.segment_bytes_max),
+            segment_age_ms_max: storage.segment_age_ms_max,
+            retention_bytes_max: non_zero(retention.retention_bytes)
+                .or(non_zero(storage.retention_bytes_max)),
+            retention_age_ms_max: non_zero(retention.retention_ms)
+                .or(non_zero(storage.retention_age_ms_max)),
+            ..PartitionConfig::default()
+        }
+    }
+
+    /// Opens every partition the catalog places on this shard (startup).
+    pub async fn open_owned_partitions(&self) {
+        let owned: Vec<(TopicMeta, Vec<u32>)> = self
+            .catalog
+            .borrow()
+            .topics()
+            .map(|meta| (meta.clone(), self.owned_partitions(meta)))
+            .collect();
+        for (meta, partitions) in owned {
+            let config = self.partition_config(&meta.retention);
+            for partition in partitions {
+                let id = PartitionId::new(&meta.name, partition);
+                match self.engine.open_partition(id, config.clone(), true).await {
+                    Ok(_) => {}
+                    Err(error) => {
+                        warn!(topic = %meta.name, partition, %error, "partition failed to open")
+                    }
+                }
+            }
+        }
+        info!(
+            shard = self.id,
+            partitions = self.engine.partitions().len(),
+            "partitions open"
+        );
+    }
+
+    fn owned_partitions(&self, meta: &TopicMeta) -> Vec<u32> {
+        (0..meta.partition_count)
+            .filter(|&partition| meta.owner(partition) == Some(self.id))
+            .collect()
+    }
+
+    /// Runs `op` on shard `target`: directly when it is this shard, across
+    /// the mesh otherwise.
+    pub async fn call(
+        self: &Rc<Self>,
+        target: usize,
+        op: Op,
+        deadline: Option<Instant>,
+    ) -> Result<Reply, Failure> {
+        if target == self.id {
+            self.clone().execute(op, deadline).await
+        } else {
+            self.mesh.call(target, op, deadline).await
+        }
+    }
+
+    /// Calls every shard with the op `make(shard)` builds, concurrently.
+    pub async fn call_all(
+        self: &Rc<Self>,
+        make: impl Fn(usize) -> Option<Op>,
+    ) -> Result<(), Failure> {
+        let calls: Vec<_> = (0..self.shard_count)
+            .filter_map(|shard| make(shard).map(|op| self.call(shard, op, None)))
+            .collect();
+        let mut first_error = None;
+        for result in futures_util::future::join_all(calls).await {
+            if let Err(error) = result {
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Executes an op on this shard. The future is `'static` so the mesh can
+    /// spawn it.
+    pub fn execute(self: Rc<Self>, op: Op, deadline: Option<Instant>) -> OpFuture {
+        Box::pin(async move {
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                return Err(Failure::new(
+                    Code::DEADLINE_EXCEEDED,
+                    "deadline expired before the owning shard ran the call",
+                ));
+            }
+            match op {
+                Op::Append {
+                    topic,
+                    partition,
+                    batch,
+                    ack,
+                } => {
+                    let target = self.local_partition(&topic, partition)?;
+                    let appended = target.append(batch, ack).await?;
+                    Ok(Reply::Appended(appended))
+                }
+                Op::Read {
+                    topic,
+                    partition,
+                    offset,
+                    limits,
+                    wait_ms,
+                } => self.read(&topic, partition, offset, limits, wait_ms).await,
+                Op::Describe { topic, partition } => {
+                    let target = self.local_partition_any(&topic, partition)?;
+                    Ok(Reply::Described(PartitionState {
+                        offsets: target.offsets(),
+                        size_bytes: target.size_bytes(),
+                        fault: target.fault(),
+                    }))
+                }
+                Op::OpenPartitions {
+                    topic,
+                    partitions,
+                    config,
+                } => {
+                    for partition in partitions {
+                        let id = PartitionId::new(&topic, partition);
+                        self.engine.open_partition(id, config.clone(), true).await?;
+                    }
+                    Ok(Reply::Done)
+                }
+                Op::RemovePartitions { topic, partitions } => {
+                    for partition in partitions {
+                        let id = PartitionId::new(&topic, partition);
+                        if self.engine.partition(&id).is_some() {
+                            self.engine.remove_partition(&id).await?;
+                        }
+                    }
+                    Ok(Reply::Done)
+                }
+                Op::CatalogUpsert(meta) => {
+                    self.catalog.borrow_mut().upsert(meta);
+                    Ok(Reply::Done)
+                }
+                Op::CatalogRemove(name) => {
+                    self.catalog.borrow_mut().remove(&name);
+                    Ok(Reply::Done)
+                }
+                Op::CreateTopic {
+                    name,
+                    partition_count,
+                    retention,
+                } => self.create_topic(name, partition_count, retention).await,
+                Op::DeleteTopic { name } => self.delete_topic(name).await,
+                Op::CommitOffset { group, entry } => {
+                    assert_eq!(group_owner(&group, self.shard_count), self.id);
+                    self.groups.commit(&group, entry).await?;
+                    Ok(Reply::Done)
+                }
+                Op::GetCommitted {
+                    group,
+                    topic,
+                    partition,
+                } => Ok(Reply::Committed(self.groups.get(&group, &topic, partition))),
+                Op::Metrics => Ok(Reply::Metrics(crate::metrics::render_shard(&self))),
+            }
+        })
+    }
+
+    /// A partition owned here that takes writes and reads.
+    fn local_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Rc<shardlog_engine::Partition<DmaStorage>>, Failure> {
+        let target = self.local_partition_any(topic, partition)?;
+        if let Some(reason) = target.fault() {
+            return Err(Failure::new(
+                Code::INTERNAL,
+                format!("partition {topic}/{partition} refuses service: {reason}"),
+            ));
+        }
+        Ok(target)
+    }
+
+    fn local_partition_any(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Rc<shardlog_engine::Partition<DmaStorage>>, Failure> {
+        let id = PartitionId::new(topic, partition);
+        self.engine.partition(&id).ok_or_else(|| {
+            Failure::new(
+                Code::NOT_FOUND,
+                format!(
+                    "partition {topic}/{partition} is not open on shard {}",
+                    self.id
+                ),
+            )
+        })
+    }
+
+    async fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        limits: shardlog_engine::ReadLimits,
+        wait_ms: u64,
+    ) -> Result<Reply, Failure> {
+        let target = self.local_partition(topic, partition)?;
+        let offsets = target.offsets();
+        if offset > offsets.log_end {
+            return Err(Failure::new(
+                Code::OUT_OF_RANGE,
+                format!(
+                    "offset {offset} of {topic}/{partition} is past the log end {}",
+                    offsets.log_end
+                ),
+            ));
+        }
+        if wait_ms > 0 && offset >= offsets.durable {
+            let wait = target.wait_for_durable_beyond(offset);
+            let timeout = glommio::timer::sleep(Duration::from_millis(wait_ms));
+            futures_lite::future::or(wait, async {
+                timeout.await;
+            })
+            .await;
+        }
+        let result = target.read(offset, limits).await?;
+        Ok(Reply::Read(result, target.offsets()))
+    }
+
+    /// Picks the partition for a produce without one: the first record's
+    /// key hash, else round robin.
+    pub fn choose_partition(&self, topic: &str, partition_count: u32, key: Option<&[u8]>) -> u32 {
+        assert!(partition_count > 0);
+        if let Some(key) = key {
+            return (catalog::fnv1a_64(key) % u64::from(partition_count)) as u32;
+        }
+        let mut round_robin = self.round_robin.borrow_mut();
+        let next = round_robin
+            .entry(topic.to_owned())
+            .or_insert(self.id as u32);
+        let chosen = *next % partition_count;
+        *next = next.wrapping_add(1);
+        chosen
+    }
+
+    async fn create_topic(
+        self: &Rc<Self>,
+        name: String,
+        partition_count: u32,
+        retention: TopicRetention,
+    ) -> Result<Reply, Failure> {
+        assert_eq!(self.id, CATALOG_SHARD);
+        shardlog_engine::validate_topic_name(&name).map_err(Failure::from)?;
+        let partitions_max = self.config.storage.topic_partitions_max;
+        if partition_count == 0 || partition_count > partitions_max {
+            return Err(Failure::new(
+                Code::INVALID_ARGUMENT,
+                format!(
+                    "topic {name:?}: partition_count must be between 1 and {partitions_max}, got {partition_count}"
+                ),
+            ));
+        }
+        if self.catalog.borrow().topic(&name).is_some()
+            || self.catalog_busy.borrow().contains(&name)
+        {
+            return Err(Failure::new(
+                Code::ALREADY_EXISTS,
+                format!("topic {name:?} already exists"),
+            ));
+        }
+        let _busy = BusyGuard::new(self, &name);
+        let meta = TopicMeta::new(
+            name.clone(),
+            partition_count,
+            retention,
+            self.shard_count as u32,
+        );
+        let config = self.partition_config(&retention);
+        let by_shard = partitions_by_shard(&meta);
+        let opened = self
+            .call_all(|shard| {
+                by_shard.get(&shard).map(|partitions| Op::OpenPartitions {
+                    topic: name.clone(),
+                    partitions: partitions.clone(),
+                    config: config.clone(),
+                })
+            })
+            .await;
+        if let Err(error) = opened {
+            self.remove_partitions_everywhere(&meta).await;
+            return Err(error);
+        }
+        // The catalog file is the commit point: partition directories without
+        // one are removed at the next startup.
+        let data_dir = self.config.data_dir.clone();
+        let stored = meta.clone();
+        let persisted = glommio::executor()
+            .spawn_blocking(move || catalog::store_blocking(&data_dir, &stored))
+            .await;
+        if let Err(error) = persisted {
+            self.remove_partitions_everywhere(&meta).await;
+            return Err(Failure::new(
+                Code::INTERNAL,
+                format!("topic {name:?}: {error}"),
+            ));
+        }
+        self.call_all(|_| Some(Op::CatalogUpsert(meta.clone())))
+            .await?;
+        info!(topic = %name, partition_count, "topic created");
+        Ok(Reply::Topic(meta))
+    }
+
+    async fn delete_topic(self: &Rc<Self>, name: String) -> Result<Reply, Failure> {
+        assert_eq!(self.id, CATALOG_SHARD);
+        let Some(meta) = self.catalog.borrow().topic(&name).cloned() else {
+            return Err(Failure::unknown_topic(&name));
+        };
+        if self.catalog_busy.borrow().contains(&name) {
+            return Err(Failure::new(
+                Code::ABORTED,
+                format!("topic {name:?} is being changed; retry"),
+            ));
+        }
+        let _busy = BusyGuard::new(self, &name);
+        let data_dir = self.config.data_dir.clone();
+        let topic = name.clone();
+        glommio::executor()
+            .spawn_blocking(move || catalog::remove_blocking(&data_dir, &topic))
+            .await
+            .map_err(|error| Failure::new(Code::INTERNAL, format!("topic {name:?}: {error}")))?;
+        self.call_all(|_| Some(Op::CatalogRemove(name.clone())))
+            .await?;
+        self.remove_partitions_everywhere(&meta).await;
+        info!(topic = %name, "topic deleted");
+        Ok(Reply::Done)
+    }
+
+    async fn remove_partitions_everywhere(self: &Rc<Self>, meta: &TopicMeta) {
+        let by_shard = partitions_by_shard(meta);
+        let removed = self
+            .call_all(|shard| {
+                by_shard.get(&shard).map(|partitions| Op::RemovePartitions {
+                    topic: meta.name.clone(),
+                    partitions: partitions.clone(),
+                })
+            })
+            .await;
+        if let Err(error) = removed {
+            // Leftover directories are removed at the next startup.
+            warn!(topic = %meta.name, message = %error.message, "partition removal incomplete");
+        }
+    }
+
+    /// Looks up a topic in this shard's catalog copy.
+    pub fn topic(&self, name: &str) -> Result<TopicMeta, Failure> {
+        self.catalog
+            .borrow()
+            .topic(name)
+            .cloned()
+            .ok_or_else(|| Failure::unknown_topic(name))
+    }
+
+    /// Commits a group offset on the group's owner.
+    pub async fn commit_offset(
+        self: &Rc<Self>,
+        group: String,
+        entry: CommittedOffset,
+    ) -> Result<(), Failure> {
+        let owner = group_owner(&group, self.shard_count);
+        self.call(owner, Op::CommitOffset { group, entry }, None)
+            .await
+            .map(|_| ())
+    }
+}
+
+fn partitions_by_shard(meta: &TopicMeta) -> BTreeMap<usize, Vec<u32>> {
+    let mut by_shard: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+    for partition in 0..meta.partition_count {
+        if let Some(owner) = meta.owner(partition) {
+            by_shard.entry(owner).or_default().push(partition);
+        }
+    }
+    by_shard
+}
+
+/// Marks a topic as being created or deleted for the guard's lifetime.
+struct BusyGuard<'a> {
+    shard: &'a ShardContext,
+    name: String,
+}
+
+impl<'a> BusyGuard<'a> {
+    fn new(shard: &'a ShardContext, name: &str) -> Self {
+        shard.catalog_busy.borrow_mut().push(name.to_owned());
+        Self {
+            shard,
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.shard
+            .catalog_busy
+            .borrow_mut()
+            .retain(|busy| busy != &self.name);
+    }
+}

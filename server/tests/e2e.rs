@@ -1,0 +1,701 @@
+//! End to end over real sockets with a real data dir: every Log RPC and the
+//! error codes a client acts on, cross-shard routing, restarts and drain.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{Log, TestServer, block_on, expect_code, produce_to, record};
+use shardlog_wire::Code;
+use shardlog_wire::client::CallOptions;
+use shardlog_wire::proto::shardlog::v1 as pb;
+
+#[test]
+fn topic_admin_lifecycle_and_errors() {
+    let server = TestServer::start(2);
+    let addr = server.addr;
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        let created = log
+            .create_topic("orders.v1", 4)
+            .await
+            .expect("create")
+            .topic
+            .expect("description");
+        assert_eq!(created.partition_count, 4);
+        assert_eq!(created.partitions.len(), 4);
+        let owners: std::collections::BTreeSet<u32> =
+            created.partitions.iter().map(|p| p.owner_shard).collect();
+        assert_eq!(owners.len(), 2, "4 partitions spread over both shards");
+
+        expect_code(log.create_topic("orders.v1", 4).await, Code::ALREADY_EXISTS);
+        for bad in ["..", ".", "a/b", "a\0b", "", "é", &"x".repeat(250)] {
+            let message = expect_code(log.create_topic(bad, 1).await, Code::INVALID_ARGUMENT);
+            assert!(!message.is_empty());
+        }
+        expect_code(log.create_topic("zero", 0).await, Code::INVALID_ARGUMENT);
+
+        log.create_topic("other", 1).await.expect("create");
+        let listed: pb::ListTopicsResponse = log
+            .unary("ListTopics", &pb::ListTopicsRequest {})
+            .await
+            .expect("list");
+        assert_eq!(
+            listed.topics,
+            vec!["orders.v1".to_owned(), "other".to_owned()]
+        );
+
+        let description = log.describe("orders.v1").await.expect("describe");
+        assert!(
+            description
+                .partitions
+                .iter()
+                .all(|p| p.log_end_offset == 0 && p.fault.is_empty())
+        );
+        expect_code(log.describe("missing").await, Code::NOT_FOUND);
+
+        let delete = pb::DeleteTopicRequest {
+            topic: "orders.v1".into(),
+        };
+        let _: pb::DeleteTopicResponse = log.unary("DeleteTopic", &delete).await.expect("delete");
+        expect_code(log.describe("orders.v1").await, Code::NOT_FOUND);
+        expect_code(
+            log.unary::<_, pb::DeleteTopicResponse>("DeleteTopic", &delete)
+                .await,
+            Code::NOT_FOUND,
+        );
+        // The name is free again.
+        log.create_topic("orders.v1", 2).await.expect("re-create");
+        assert_eq!(log.fetch_all("orders.v1", 0, 0).await.len(), 0);
+    });
+    // Nothing outside the data dir: the topic files live under it.
+    assert!(server.data_dir().join("topics").join("orders.v1").is_dir());
+}
+
+#[test]
+fn produce_and_fetch_round_trip_byte_identical() {
+    let server = TestServer::start(2);
+    let addr = server.addr;
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        log.create_topic("events", 3).await.expect("create");
+        let records: Vec<pb::Record> = (0..50u32)
+            .map(|i| pb::Record {
+                key: (i % 2 == 0).then(|| format!("key-{i}").into_bytes().into()),
+                value: vec![i as u8; (i * 37 % 300) as usize].into(),
+                timestamp_ms: 1_700_000_000_000 + i64::from(i),
+                headers: vec![pb::Header {
+                    key: "trace".into(),
+                    value: vec![0, 255, i as u8].into(),
+                }],
+            })
+            .collect();
+        let first = log
+            .produce(produce_to("events", 1, records[..20].to_vec()))
+            .await
+            .expect("produce");
+        assert_eq!(
+            (first.partition, first.base_offset, first.record_count),
+            (1, 0, 20)
+        );
+        let second = log
+            .produce(produce_to("events", 1, records[20..].to_vec()))
+            .await
+            .expect("produce");
+        assert_eq!((second.base_offset, second.record_count), (20, 30));
+
+        let fetched = log.fetch_all("events", 1, 0).await;
+        assert_eq!(fetched.len(), 50);
+        for (offset, (got, sent)) in fetched.iter().zip(&records).enumerate() {
+            assert_eq!(got.offset, offset as u64);
+            assert_eq!(got.key, sent.key);
+            assert_eq!(got.value, sent.value);
+            assert_eq!(got.timestamp_ms, sent.timestamp_ms);
+            assert_eq!(got.headers, sent.headers);
+        }
+        let middle = log
+            .fetch("events", 1, 25)
+            .await
+            .expect("fetch from the middle");
+        assert_eq!(middle.records[0].offset, 25);
+        let description = log.describe("events").await.expect("describe");
+        let partition = &description.partitions[1];
+        assert_eq!(
+            (partition.log_end_offset, partition.durable_offset),
+            (50, 50)
+        );
+        assert!(partition.size_bytes > 0);
+    });
+}
+
+#[test]
+fn produce_errors_name_what_is_wrong() {
+    let server = TestServer::start(1);
+    let addr = server.addr;
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        log.create_topic("t", 2).await.expect("create");
+        expect_code(
+            log.produce(produce_to("missing", 0, vec![record(b"x")]))
+                .await,
+            Code::NOT_FOUND,
+        );
+        let message = expect_code(
+            log.produce(produce_to("t", 0, vec![])).await,
+            Code::INVALID_ARGUMENT,
+        );
+        assert!(message.contains("empty"), "{message}");
+        let message = expect_code(
+            log.produce(produce_to("t", 7, vec![record(b"x")])).await,
+            Code::INVALID_ARGUMENT,
+        );
+        assert!(message.contains("partition 7"), "{message}");
+        let huge = record(&vec![0u8; (1 << 20) + 1]);
+        expect_code(
+            log.produce(produce_to("t", 0, vec![huge])).await,
+            Code::RESOURCE_EXHAUSTED,
+        );
+        expect_code(log.fetch("t", 9, 0).await, Code::INVALID_ARGUMENT);
+        expect_code(log.fetch("missing", 0, 0).await, Code::NOT_FOUND);
+        let message = expect_code(log.fetch("t", 0, 5).await, Code::OUT_OF_RANGE);
+        assert!(message.contains("t/0"), "{message}");
+        let bad_ack = pb::ProduceRequest {
+            ack: 9,
+            ..produce_to("t", 0, vec![record(b"x")])
+        };
+        expect_code(log.produce(bad_ack).await, Code::INVALID_ARGUMENT);
+        // Nothing above was stored.
+        assert_eq!(
+            log.describe("t").await.expect("describe").partitions[0].log_end_offset,
+            0
+        );
+    });
+}
+
+#[test]
+fn partition_choice_by_key_hash_and_round_robin() {
+    let server = TestServer::start(2);
+    let addr = server.addr;
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        log.create_topic("k", 4).await.expect("create");
+        let keyed = |key: &str| pb::ProduceRequest {
+            topic: "k".into(),
+            partition: None,
+            records: vec![pb::Record {
+                key: Some(key.as_bytes().to_vec().into()),
+                ..record(b"v")
+            }],
+            ..Default::default()
+        };
+        let a = log.produce(keyed("user-1")).await.expect("produce");
+        let b = log.produce(keyed("user-1")).await.expect("produce");
+        assert_eq!(a.partition, b.partition, "same key, same partition");
+        assert_eq!(b.base_offset, a.base_offset + 1);
+
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..8 {
+            let unkeyed = pb::ProduceRequest {
+                topic: "k".into(),
+                records: vec![record(b"v")],
+                ..Default::default()
+            };
+            seen.insert(log.produce(unkeyed).await.expect("produce").partition);
+        }
+        assert_eq!(seen.len(), 4, "round robin visits every partition");
+    });
+}
+
+#[test]
+fn idempotent_producer_retry_returns_original_offsets() {
+    let server = TestServer::start(1);
+    let addr = server.addr;
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        log.create_topic("idem", 1).await.expect("create");
+        let batch = |sequence: u64, n: usize| pb::ProduceRequest {
+            producer_id: 42,
+            sequence: Some(sequence),
+            ..produce_to("idem", 0, (0..n).map(|i| record(&[i as u8])).collect())
+        };
+        let first = log.produce(batch(0, 3)).await.expect("produce");
+        let retry = log.produce(batch(0, 3)).await.expect("retry");
+        assert_eq!(
+            (retry.base_offset, retry.record_count),
+            (first.base_offset, first.record_count)
+        );
+        assert!(retry.duplicate);
+        let next = log.produce(batch(3, 2)).await.expect("next");
+        assert_eq!(next.base_offset, 3);
+        expect_code(log.produce(batch(9, 1)).await, Code::FAILED_PRECONDITION);
+        let no_sequence = pb::ProduceRequest {
+            sequence: None,
+            ..batch(0, 1)
+        };
+        expect_code(log.produce(no_sequence).await, Code::INVALID_ARGUMENT);
+        assert_eq!(
+            log.fetch_all("idem", 0, 0).await.len(),
+            5,
+            "the retry stored nothing"
+        );
+    });
+}
+
+#[test]
+fn produce_stream_pipelines_in_order_across_connections_and_shards() {
+    const CONNECTIONS: usize = 16;
+    const REQUESTS_PER_CONNECTION: u64 = 2_000;
+    let server = TestServer::start_with(2, &["--metrics-listen", "127.0.0.1:0"]);
+    let addr = server.addr;
+    let totals = block_on(move || async move {
+        let admin = Log::connect(addr).await;
+        admin.create_topic("stream", 4).await.expect("create");
+        let streams = (0..CONNECTIONS).map(|connection| async move {
+            let log = Log::connect(addr).await;
+            let partition = (connection % 4) as u32;
+            let (mut sink, responses) = log
+                .channel
+                .bidi_streaming::<pb::ProduceRequest, pb::ProduceResponse>(
+                    "/shardlog.v1.Log/ProduceStream",
+                    CallOptions::default(),
+                )
+                .await
+                .expect("open stream");
+            let sender = async move {
+                for i in 0..REQUESTS_PER_CONNECTION {
+                    let value = format!("{connection}:{i}");
+                    sink.send(&produce_to(
+                        "stream",
+                        partition,
+                        vec![record(value.as_bytes())],
+                    ))
+                    .await
+                    .expect("send");
+                }
+                sink.finish().expect("half-close");
+            };
+            let receiver = async move {
+                let mut responses = responses
+                    .response()
+                    .await
+                    .expect("response headers")
+                    .into_inner();
+                let mut last = None;
+                let mut count = 0u64;
+                while let Some(response) = responses.message().await.expect("response") {
+                    assert_eq!(response.partition, partition);
+                    if let Some(last) = last {
+                        assert!(
+                            response.base_offset > last,
+                            "offsets increase in request order"
+                        );
+                    }
+                    last = Some(response.base_offset);
+                    count += 1;
+                }
+                count
+            };
+            let ((), count) = futures_lite::future::zip(sender, receiver).await;
+            (partition, count)
+        });
+        let mut per_partition = BTreeMap::new();
+        for (partition, count) in futures_util::future::join_all(streams).await {
+            assert_eq!(count, REQUESTS_PER_CONNECTION, "one response per request");
+            *per_partition.entry(partition).or_insert(0u64) += count;
+        }
+        let mut stored = BTreeMap::new();
+        for partition in 0..4 {
+            let records = admin.fetch_all("stream", partition, 0).await;
+            // Per connection, values arrive in the order sent.
+            let mut next_index: BTreeMap<String, u64> = BTreeMap::new();
+            for record in &records {
+                let text = String::from_utf8(record.value.to_vec()).expect("utf8");
+                let (connection, index) = text.split_once(':').expect("value format");
+                let expected = next_index.entry(connection.to_owned()).or_insert(0);
+                assert_eq!(index.parse::<u64>().expect("index"), *expected);
+                *expected += 1;
+            }
+            stored.insert(partition, records.len() as u64);
+        }
+        (per_partition, stored)
+    });
+    assert_eq!(
+        totals.0, totals.1,
+        "everything acknowledged is stored exactly once"
+    );
+}
+
+#[test]
+fn append_stream_returns_a_summary() {
+    let server = TestServer::start(2);
+    let addr = server.addr;
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        log.create_topic("ingest", 2).await.expect("create");
+        let (mut sink, summary) = log
+            .channel
+            .client_streaming::<pb::ProduceRequest, pb::AppendSummary>(
+                "/shardlog.v1.Log/Append",
+                CallOptions::default(),
+            )
+            .await
+            .expect("open");
+        for i in 0..100u32 {
+            // Envelope of an ingest pipeline: source id as key, event type
+            // and ingest timestamp as headers, payload as value.
+            let envelope = pb::Record {
+                key: Some(format!("source-{}", i % 3).into_bytes().into()),
+                value: format!("payload-{i}").into_bytes().into(),
+                timestamp_ms: 1_700_000_000_000,
+                headers: vec![pb::Header {
+                    key: "event-type".into(),
+                    value: b"click".to_vec().into(),
+                }],
+            };
+            sink.send(&produce_to("ingest", i % 2, vec![envelope]))
+                .await
+                .expect("send");
+        }
+        sink.finish().expect("finish");
+        let summary = summary.response().await.expect("summary").into_inner();
+        assert_eq!((summary.request_count, summary.record_count), (100, 100));
+        assert_eq!(summary.partitions.len(), 2);
+        for partition in &summary.partitions {
+            assert_eq!(
+                (
+                    partition.first_offset,
+                    partition.last_offset,
+                    partition.record_count
+                ),
+                (0, 49, 50)
+            );
+        }
+    });
+}
+
+#[test]
+fn long_poll_fetch_and_subscribe_follow_new_records() {
+    let server = TestServer::start(2);
+    let addr = server.addr;
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        log.create_topic("tail", 2).await.expect("create");
+        let waiting = pb::FetchRequest {
+            topic: "tail".into(),
+            partition: 1,
+            offset: 0,
+            max_wait_ms: 10_000,
+            ..Default::default()
+        };
+        let poller = log.clone();
+        let poll = glommio::spawn_local(async move {
+            poller
+                .unary::<_, pb::FetchResponse>("Fetch", &waiting)
+                .await
+        })
+        .detach();
+
+        let subscribe = pb::SubscribeRequest {
+            topic: "tail".into(),
+            partition: 1,
+            offset: 0,
+            max_bytes: 0,
+        };
+        let mut stream = log
+            .channel
+            .server_streaming::<_, pb::FetchResponse>(
+                "/shardlog.v1.Log/Subscribe",
+                &subscribe,
+                CallOptions::default(),
+            )
+            .await
+            .expect("subscribe")
+            .into_inner();
+        glommio::timer::sleep(Duration::from_millis(100)).await;
+        log.produce(produce_to("tail", 1, vec![record(b"first")]))
+            .await
+            .expect("produce");
+
+        let polled = poll.await.expect("task").expect("long poll");
+        assert_eq!(polled.records.len(), 1);
+        assert_eq!(&polled.records[0].value[..], b"first");
+
+        let mut seen = Vec::new();
+        while seen.len() < 1 {
+            let message = stream.message().await.expect("stream").expect("open");
+            seen.extend(message.records.into_iter().map(|r| r.value));
+        }
+        for i in 0..20 {
+            log.produce(produce_to(
+                "tail",
+                1,
+                vec![record(format!("r{i}").as_bytes())],
+            ))
+            .await
+            .expect("produce");
+        }
+        while seen.len() < 21 {
+            let message = stream.message().await.expect("stream").expect("open");
+            seen.extend(message.records.into_iter().map(|r| r.value));
+        }
+        assert_eq!(&seen[0][..], b"first");
+        assert_eq!(&seen[20][..], b"r19");
+
+        // Long poll with nothing arriving returns empty when the wait ends.
+        let empty = pb::FetchRequest {
+            topic: "tail".into(),
+            partition: 0,
+            offset: 0,
+            max_wait_ms: 50,
+            ..Default::default()
+        };
+        let response: pb::FetchResponse = log.unary("Fetch", &empty).await.expect("fetch");
+        assert!(response.records.is_empty());
+    });
+}
+
+#[test]
+fn consumer_group_offsets_survive_restart() {
+    let mut server = TestServer::start(2);
+    let addr = server.addr;
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        log.create_topic("g", 3).await.expect("create");
+        for partition in 0..3 {
+            let commit = pb::CommitOffsetRequest {
+                group: "billing".into(),
+                topic: "g".into(),
+                partition,
+                offset: 100 + u64::from(partition),
+                metadata: format!("m{partition}"),
+            };
+            let _: pb::CommitOffsetResponse =
+                log.unary("CommitOffset", &commit).await.expect("commit");
+        }
+        let bad_group = pb::CommitOffsetRequest {
+            group: "../x".into(),
+            topic: "g".into(),
+            ..Default::default()
+        };
+        expect_code(
+            log.unary::<_, pb::CommitOffsetResponse>("CommitOffset", &bad_group)
+                .await,
+            Code::INVALID_ARGUMENT,
+        );
+        let unknown_topic = pb::CommitOffsetRequest {
+            group: "billing".into(),
+            topic: "nope".into(),
+            ..Default::default()
+        };
+        expect_code(
+            log.unary::<_, pb::CommitOffsetResponse>("CommitOffset", &unknown_topic)
+                .await,
+            Code::NOT_FOUND,
+        );
+    });
+    server.restart();
+    let addr = server.addr;
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        for partition in 0..3 {
+            let get = pb::GetCommittedOffsetRequest {
+                group: "billing".into(),
+                topic: "g".into(),
+                partition,
+            };
+            let committed: pb::GetCommittedOffsetResponse =
+                log.unary("GetCommittedOffset", &get).await.expect("get");
+            assert_eq!(committed.offset, Some(100 + u64::from(partition)));
+            assert_eq!(committed.metadata, format!("m{partition}"));
+        }
+        let other = pb::GetCommittedOffsetRequest {
+            group: "new".into(),
+            topic: "g".into(),
+            partition: 0,
+        };
+        let committed: pb::GetCommittedOffsetResponse =
+            log.unary("GetCommittedOffset", &other).await.expect("get");
+        assert_eq!(committed.offset, None);
+    });
+}
+
+/// Produces `batches` durable batches of 10 records to each partition and
+/// returns the acknowledged (partition, offset, value) triples.
+async fn produce_acknowledged(
+    log: &Log,
+    topic: &str,
+    partitions: u32,
+    batches: u32,
+) -> Vec<(u32, u64, Vec<u8>)> {
+    let mut acknowledged = Vec::new();
+    for batch in 0..batches {
+        for partition in 0..partitions {
+            let values: Vec<Vec<u8>> = (0..10)
+                .map(|i| format!("{partition}-{batch}-{i}").into_bytes())
+                .collect();
+            let records = values.iter().map(|v| record(v)).collect();
+            let response = log
+                .produce(produce_to(topic, partition, records))
+                .await
+                .expect("produce");
+            for (i, value) in values.into_iter().enumerate() {
+                acknowledged.push((partition, response.base_offset + i as u64, value));
+            }
+        }
+    }
+    acknowledged
+}
+
+async fn assert_all_present(
+    log: &Log,
+    topic: &str,
+    partitions: u32,
+    acknowledged: &[(u32, u64, Vec<u8>)],
+) {
+    let mut stored = BTreeMap::new();
+    for partition in 0..partitions {
+        for record in log.fetch_all(topic, partition, 0).await {
+            stored.insert((partition, record.offset), record.value.to_vec());
+        }
+    }
+    for (partition, offset, value) in acknowledged {
+        assert_eq!(
+            stored.get(&(*partition, *offset)),
+            Some(value),
+            "acknowledged {partition}/{offset}"
+        );
+    }
+}
+
+#[test]
+fn restart_keeps_every_acknowledged_record_after_sigterm_and_sigkill() {
+    let mut server = TestServer::start(2);
+    let addr = server.addr;
+    let acknowledged = block_on(move || async move {
+        let log = Log::connect(addr).await;
+        log.create_topic("durable", 4).await.expect("create");
+        produce_acknowledged(&log, "durable", 4, 5).await
+    });
+    server.restart();
+    let addr = server.addr;
+    let more = block_on(move || async move {
+        let log = Log::connect(addr).await;
+        assert_all_present(&log, "durable", 4, &acknowledged).await;
+        let mut all = acknowledged;
+        all.extend(produce_acknowledged(&log, "durable", 4, 3).await);
+        all
+    });
+    // No clean shutdown this time: only fdatasync'd data can be there.
+    server.kill();
+    server.restart_after_kill();
+    let addr = server.addr;
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        assert_all_present(&log, "durable", 4, &more).await;
+        let description = log.describe("durable").await.expect("describe");
+        assert!(
+            description
+                .partitions
+                .iter()
+                .all(|p| p.log_end_offset == 80)
+        );
+    });
+}
+
+#[test]
+fn sigterm_drain_loses_no_acknowledged_write() {
+    let mut server = TestServer::start(2);
+    let addr = server.addr;
+    block_on(move || async move {
+        Log::connect(addr)
+            .await
+            .create_topic("drain", 2)
+            .await
+            .expect("create");
+    });
+    // Producers run while SIGTERM arrives; whatever they got acknowledged
+    // must be there after the restart.
+    let producers = std::thread::spawn(move || {
+        block_on(move || async move {
+            let log = Log::connect(addr).await;
+            let mut acknowledged = Vec::new();
+            for i in 0..100_000u32 {
+                let value = format!("v{i}").into_bytes();
+                match log
+                    .produce(produce_to("drain", i % 2, vec![record(&value)]))
+                    .await
+                {
+                    Ok(response) => acknowledged.push((i % 2, response.base_offset, value)),
+                    Err(_) => break,
+                }
+            }
+            acknowledged
+        })
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(server.stop(), Some(0), "drain exits 0");
+    let acknowledged = producers.join().expect("producer thread");
+    assert!(!acknowledged.is_empty());
+    server.restart_after_kill();
+    let addr = server.addr;
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        assert_all_present(&log, "drain", 2, &acknowledged).await;
+    });
+}
+
+#[test]
+fn metrics_endpoint_reports_calls_and_partitions() {
+    let metrics_port = free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let server = TestServer::start_with(2, &["--metrics-listen", &metrics_addr]);
+    let addr = server.addr;
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        log.create_topic("m", 2).await.expect("create");
+        log.produce(produce_to("m", 1, vec![record(b"x")]))
+            .await
+            .expect("produce");
+        let _ = log.fetch("missing", 0, 0).await;
+    });
+    let text = http_get(&metrics_addr, "/metrics");
+    for needle in [
+        "# TYPE grpc_requests_total counter",
+        "method=\"Produce\",status=\"OK\"",
+        "method=\"Fetch\",status=\"NOT_FOUND\"",
+        "grpc_request_duration_seconds_bucket",
+        "shardlog_partition_log_end_offset{shard=",
+        "topic=\"m\",partition=\"1\"} 1",
+        "shardlog_partition_fsync_latency_us",
+        "shardlog_shard_busy_seconds_total{shard=\"1\"}",
+    ] {
+        assert!(text.contains(needle), "metrics lack {needle:?}:\n{text}");
+    }
+    assert!(http_get(&metrics_addr, "/nope").is_empty());
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect metrics");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").expect("http response");
+    if head.starts_with("HTTP/1.1 200") {
+        body.to_owned()
+    } else {
+        String::new()
+    }
+}
