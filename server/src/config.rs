@@ -340,10 +340,39 @@ impl Config {
         if self.storage.topic_partitions_max == 0 {
             return invalid("storage.topic_partitions_max", "must be at least 1");
         }
+        if let Err(error) = self.server_config().validate() {
+            return Err(ConfigError::Invalid {
+                setting: "transport",
+                reason: error.to_string(),
+            });
+        }
         if self.storage.segment_bytes_max < 64 << 10 {
             return invalid("storage.segment_bytes_max", "must be at least 64 KiB");
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The wire server's settings derived from this configuration.
+    pub fn server_config(&self) -> shardlog_wire::server::ServerConfig {
+        let transport = &self.transport;
+        let millis = std::time::Duration::from_millis;
+        let non_zero = |ms: u64| (ms > 0).then(|| millis(ms));
+        shardlog_wire::server::ServerConfig {
+            max_concurrent_streams: transport.max_concurrent_streams,
+            max_header_list_size_bytes: transport.max_header_list_size_bytes,
+            max_message_bytes: self.limits.message_bytes_max,
+            initial_stream_window_bytes: transport.stream_window_bytes,
+            initial_connection_window_bytes: transport.connection_window_bytes,
+            handshake_timeout: millis(transport.handshake_timeout_ms),
+            idle_timeout: non_zero(transport.idle_timeout_ms),
+            keepalive_interval: non_zero(transport.keepalive_interval_ms),
+            keepalive_timeout: millis(transport.keepalive_timeout_ms),
+            drain_grace: millis(transport.drain_grace_ms),
+            max_connections: self.limits.connections_per_shard_max,
+            ..shardlog_wire::server::ServerConfig::default()
+        }
     }
 }
 
@@ -402,8 +431,10 @@ mod tests {
 
     #[test]
     fn out_of_range_values_are_refused() {
-        let mut config = Config::default();
-        config.shards = 2;
+        let mut config = Config {
+            shards: 2,
+            ..Config::default()
+        };
         config.limits.record_bytes_max = config.limits.message_bytes_max + 1;
         assert!(matches!(
             config.validate(),

@@ -137,16 +137,15 @@ impl Mesh {
             }
             Err(_) => return Err(self.refuse(target, "shard is shutting down")),
         };
-        let send = self.senders.send_to(target, envelope);
-        let timeout = async {
+        let send = async { self.senders.send_to(target, envelope).await.is_ok() };
+        let give_up = async {
             glommio::timer::sleep(QUEUE_FULL_WAIT).await;
-            Err(envelope_lost())
+            false
         };
-        match futures_lite::future::or(async { send.await.map_err(|_| envelope_lost()) }, timeout)
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(()) => Err(self.refuse(target, "cross-core queue full")),
+        if futures_lite::future::or(send, give_up).await {
+            Ok(())
+        } else {
+            Err(self.refuse(target, "cross-core queue full"))
         }
     }
 
@@ -220,8 +219,6 @@ impl Mesh {
         self.senders.close();
     }
 }
-
-fn envelope_lost() {}
 
 struct PendingGuard<'a> {
     mesh: &'a Mesh,

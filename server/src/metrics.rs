@@ -49,7 +49,7 @@ pub struct ShardMetrics {
 
 impl ShardMetrics {
     /// Records one finished call.
-    pub fn record_call(
+    pub(crate) fn record_call(
         &self,
         service: &'static str,
         method: &'static str,
@@ -75,6 +75,34 @@ impl ShardMetrics {
         let stats = fetches.entry((topic.to_owned(), partition)).or_default();
         stats.records += records;
         stats.bytes += bytes;
+    }
+}
+
+/// Feeds the wire server's call outcomes (including library-generated
+/// statuses: unknown method, deadline, oversize, drain) into a shard's
+/// metrics.
+pub struct MetricsObserver {
+    shard: std::rc::Weak<ShardContext>,
+}
+
+impl MetricsObserver {
+    /// An observer recording into `shard`'s metrics.
+    pub fn new(shard: &Rc<ShardContext>) -> Rc<Self> {
+        Rc::new(Self {
+            shard: Rc::downgrade(shard),
+        })
+    }
+}
+
+impl shardlog_wire::server::CallObserver for MetricsObserver {
+    fn call_finished(&self, method: Option<&'static str>, code: Code, elapsed: Duration) {
+        let Some(shard) = self.shard.upgrade() else {
+            return;
+        };
+        let (service, method) = method
+            .and_then(|path| path.trim_start_matches('/').split_once('/'))
+            .unwrap_or(("unknown", "unknown"));
+        shard.metrics.record_call(service, method, code, elapsed);
     }
 }
 
@@ -107,7 +135,7 @@ pub fn code_name(code: Code) -> &'static str {
 }
 
 /// Metric families: name, type, help. Samples are grouped under them.
-const FAMILIES: [(&str, &str, &str); 16] = [
+const FAMILIES: [(&str, &str, &str); 17] = [
     (
         "grpc_requests_total",
         "counter",
@@ -177,6 +205,11 @@ const FAMILIES: [(&str, &str, &str); 16] = [
         "shardlog_cross_core_inflight",
         "gauge",
         "Calls waiting on another shard.",
+    ),
+    (
+        "shardlog_cross_core_calls_total",
+        "counter",
+        "Calls sent to other shards.",
     ),
     (
         "shardlog_cross_core_refused_total",
@@ -284,22 +317,15 @@ pub fn render_shard(shard: &ShardContext) -> String {
             sample(&mut out, family, "", id, &labels, value);
         }
     }
-    sample(
-        &mut out,
-        "shardlog_cross_core_inflight",
-        "",
-        id,
-        "",
-        shard.mesh.inflight(),
-    );
-    sample(
-        &mut out,
-        "shardlog_cross_core_refused_total",
-        "",
-        id,
-        "",
-        shard.mesh.refused_total(),
-    );
+    let mesh = &shard.mesh;
+    let shard_counters: [(&str, u64); 3] = [
+        ("shardlog_cross_core_inflight", mesh.inflight() as u64),
+        ("shardlog_cross_core_calls_total", mesh.calls_total()),
+        ("shardlog_cross_core_refused_total", mesh.refused_total()),
+    ];
+    for (family, value) in shard_counters {
+        sample(&mut out, family, "", id, "", value);
+    }
     let busy = glommio::executor().executor_stats().total_runtime();
     sample(
         &mut out,

@@ -12,13 +12,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 use shardlog_engine::{DmaStorage, Shard as EngineShard};
-use shardlog_wire::server::{Router, Server, ServerConfig};
+use shardlog_wire::server::{Router, Server};
 use shardlog_wire::services::health::{HealthReporter, ServingStatus};
 use tracing::{error, info, warn};
 
@@ -28,6 +28,8 @@ use crate::groups::GroupStore;
 use crate::mesh::{Envelope, Executor, Mesh};
 use crate::shard::ShardContext;
 
+/// How often the main thread checks that every shard is alive.
+const SHARD_WATCH_PERIOD: Duration = Duration::from_millis(50);
 /// Poll period of the cross-shard rendezvous during startup and shutdown.
 const RENDEZVOUS_POLL: Duration = Duration::from_millis(2);
 
@@ -104,11 +106,14 @@ pub fn run(config: Config, on_listening: impl FnOnce(SocketAddr)) -> Result<(), 
         Rendezvous::new(shards),
         Rendezvous::new(shards),
     );
-    let shutdown_senders = install_signal_handler(shards)?;
+    let stopping = Arc::new(AtomicBool::new(false));
+    let exited = Arc::new(AtomicUsize::new(0));
+    let shutdown_senders = install_signal_handler(shards, stopping.clone())?;
     let mut listen = config.listen;
     let mut handles = Vec::with_capacity(shards);
     for (id, shutdown) in shutdown_senders.into_iter().enumerate() {
         let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let exited_counter = exited.clone();
         let start = ShardStart {
             id,
             config: config.clone(),
@@ -129,7 +134,14 @@ pub fn run(config: Config, on_listening: impl FnOnce(SocketAddr)) -> Result<(), 
         // executor id, so peer id == shard id.
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{id}"))
-            .spawn(move || async move { run_shard(start, bound_tx).await })
+            .spawn(move || async move {
+                let _exit = ExitCounter(exited_counter);
+                let result = run_shard(start, bound_tx).await;
+                if let Err(error) = &result {
+                    error!(%error, "shard failed");
+                }
+                result
+            })
             .map_err(|e| RunError::Startup(format!("start shard {id}: {e}")))?;
         // Shard 0 binds first so a configured port 0 becomes one real port
         // that every other shard then binds with SO_REUSEPORT.
@@ -140,6 +152,7 @@ pub fn run(config: Config, on_listening: impl FnOnce(SocketAddr)) -> Result<(), 
         handles.push(handle);
     }
     on_listening(listen);
+    watch_shards(&exited, shards, &stopping);
     let mut outcome = Ok(());
     for (shard, handle) in handles.into_iter().enumerate() {
         let result = handle.join().map_err(|e| RunError::Shard {
@@ -152,6 +165,34 @@ pub fn run(config: Config, on_listening: impl FnOnce(SocketAddr)) -> Result<(), 
         }
     }
     outcome
+}
+
+/// Waits until every shard has stopped. A shard that stops before shutdown
+/// was asked for (a panic: a broken invariant) takes the process down at
+/// once: a half-dead server that still accepts connections is worse than a
+/// restart, which recovers every partition from disk.
+fn watch_shards(exited: &AtomicUsize, shards: usize, stopping: &AtomicBool) {
+    loop {
+        let gone = exited.load(Ordering::Acquire);
+        if gone == shards {
+            return;
+        }
+        if gone > 0 && !stopping.load(Ordering::Acquire) {
+            error!("a shard stopped unexpectedly; exiting");
+            std::process::exit(1);
+        }
+        std::thread::sleep(SHARD_WATCH_PERIOD);
+    }
+}
+
+/// Counts a shard thread's end, including an end by panic (drop runs while
+/// unwinding).
+struct ExitCounter(Arc<AtomicUsize>);
+
+impl Drop for ExitCounter {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 async fn run_shard(
@@ -199,7 +240,12 @@ async fn run_shard(
     start.started.arrive_and_wait().await;
 
     let health = HealthReporter::new();
-    let server = Server::new(build_router(&shard, &health), server_config(&config));
+    let observer = crate::metrics::MetricsObserver::new(&shard);
+    let server = Server::with_observer(
+        build_router(&shard, &health),
+        config.server_config(),
+        observer,
+    );
     health.set_serving_status("", ServingStatus::Serving);
     health.set_serving_status("shardlog.v1.Log", ServingStatus::Serving);
     let serving = glommio::spawn_local({
@@ -246,26 +292,6 @@ fn build_router(shard: &Rc<ShardContext>, health: &HealthReporter) -> Router {
     services.dedup();
     shardlog_wire::services::reflection::register(&mut router, services);
     router
-}
-
-fn server_config(config: &Config) -> ServerConfig {
-    let transport = &config.transport;
-    let millis = Duration::from_millis;
-    ServerConfig {
-        max_concurrent_streams: transport.max_concurrent_streams,
-        max_header_list_size_bytes: transport.max_header_list_size_bytes,
-        max_message_bytes: config.limits.message_bytes_max,
-        initial_stream_window_bytes: transport.stream_window_bytes,
-        initial_connection_window_bytes: transport.connection_window_bytes,
-        handshake_timeout: millis(transport.handshake_timeout_ms),
-        idle_timeout: (transport.idle_timeout_ms > 0).then(|| millis(transport.idle_timeout_ms)),
-        keepalive_interval: (transport.keepalive_interval_ms > 0)
-            .then(|| millis(transport.keepalive_interval_ms)),
-        keepalive_timeout: millis(transport.keepalive_timeout_ms),
-        drain_grace: millis(transport.drain_grace_ms),
-        max_connections: config.limits.connections_per_shard_max,
-        ..ServerConfig::default()
-    }
 }
 
 fn spawn_metrics_endpoint(shard: &Rc<ShardContext>, address: Option<SocketAddr>) {
@@ -373,7 +399,10 @@ fn remove_orphan_partitions(data_dir: &Path, catalog: &Catalog) -> Result<(), Ru
 
 /// Starts the thread that turns SIGTERM/SIGINT into a shutdown message per
 /// shard; a second signal exits immediately.
-fn install_signal_handler(shards: usize) -> Result<Vec<flume::Receiver<()>>, RunError> {
+fn install_signal_handler(
+    shards: usize,
+    stopping: Arc<AtomicBool>,
+) -> Result<Vec<flume::Receiver<()>>, RunError> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
         .map_err(|e| RunError::Startup(format!("install signal handler: {e}")))?;
@@ -389,6 +418,7 @@ fn install_signal_handler(shards: usize) -> Result<Vec<flume::Receiver<()>>, Run
                     std::process::exit(130);
                 }
                 info!(signal, "shutting down");
+                stopping.store(true, Ordering::Release);
                 for sender in &senders {
                     let _ = sender.try_send(());
                 }

@@ -3,7 +3,6 @@
 //! can act on. One instance per shard, registered on that shard's router.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -20,20 +19,18 @@ use crate::groups::CommittedOffset;
 use crate::ops::{Failure, Op, Reply};
 use crate::shard::{CATALOG_SHARD, ShardContext};
 
-const SERVICE: &str = "shardlog.v1.Log";
 /// How long one Subscribe long-poll waits before checking for shutdown.
 pub const SUBSCRIBE_POLL_MS: u64 = 500;
 
-/// Registers every Log method on `router`, served by `shard`.
+/// Registers every Log method on `router`, served by `shard`. Call counts
+/// and latencies are recorded by the server's [`crate::metrics`] observer.
 pub fn register(router: &mut Router, shard: &Rc<ShardContext>) {
     macro_rules! unary {
         ($method:literal, $handler:ident) => {{
             let shard = shard.clone();
             router.unary(concat!("/shardlog.v1.Log/", $method), move |request| {
                 let shard = shard.clone();
-                instrument(shard.clone(), $method, async move {
-                    $handler(&shard, request).await.map(Response::new)
-                })
+                async move { $handler(&shard, request).await.map(Response::new) }
             });
         }};
     }
@@ -48,40 +45,17 @@ pub fn register(router: &mut Router, shard: &Rc<ShardContext>) {
 
     let streaming = shard.clone();
     router.bidi_streaming("/shardlog.v1.Log/ProduceStream", move |request, sink| {
-        let shard = streaming.clone();
-        instrument(
-            shard.clone(),
-            "ProduceStream",
-            produce_stream(shard, request, sink),
-        )
+        produce_stream(streaming.clone(), request, sink)
     });
     let appending = shard.clone();
     router.client_streaming("/shardlog.v1.Log/Append", move |request| {
         let shard = appending.clone();
-        instrument(shard.clone(), "Append", async move {
-            append(&shard, request).await.map(Response::new)
-        })
+        async move { append(&shard, request).await.map(Response::new) }
     });
     let subscribing = shard.clone();
     router.server_streaming("/shardlog.v1.Log/Subscribe", move |request, sink| {
-        let shard = subscribing.clone();
-        instrument(shard.clone(), "Subscribe", subscribe(shard, request, sink))
+        subscribe(subscribing.clone(), request, sink)
     });
-}
-
-/// Counts the call and its latency by final status.
-async fn instrument<T>(
-    shard: Rc<ShardContext>,
-    method: &'static str,
-    call: impl Future<Output = Result<T, Status>>,
-) -> Result<T, Status> {
-    let started = Instant::now();
-    let result = call.await;
-    let code = result.as_ref().map_or_else(Status::code, |_| Code::OK);
-    shard
-        .metrics
-        .record_call(SERVICE, method, code, started.elapsed());
-    result
 }
 
 fn refuse_when_draining(shard: &ShardContext) -> Result<(), Status> {
@@ -367,16 +341,12 @@ async fn produce(
 /// Starts every produce of a stream in arrival order (so offsets follow the
 /// request order) and hands their tasks, in order, to `on_done`. At most
 /// `stream_inflight_max` produces are in flight; reading waits beyond that.
-async fn pipeline<F, Fut>(
+async fn pipeline(
     shard: Rc<ShardContext>,
     mut input: Streaming<pb::ProduceRequest>,
     deadline: Option<Instant>,
-    mut on_done: F,
-) -> Result<(), Status>
-where
-    F: FnMut(String, pb::ProduceResponse) -> Fut,
-    Fut: Future<Output = Result<(), Status>>,
-{
+    mut on_done: impl AsyncFnMut(String, pb::ProduceResponse) -> Result<(), Status>,
+) -> Result<(), Status> {
     type Started = glommio::task::JoinHandle<Result<pb::ProduceResponse, Status>>;
     let window = shard.config.limits.stream_inflight_max;
     let (started_tx, started_rx) =
@@ -415,12 +385,42 @@ async fn produce_stream(
 ) -> Result<(), Status> {
     let deadline = request.context().deadline();
     let input = request.into_inner();
-    let sink = std::cell::RefCell::new(sink);
-    pipeline(shard, input, deadline, |_topic, response| {
-        let sink = &sink;
-        async move { sink.borrow_mut().send(response).await }
+    let mut sink = sink;
+    pipeline(shard, input, deadline, async |_topic, response| {
+        sink.send(response).await
     })
     .await
+}
+
+/// What an Append call reports when the client half-closes.
+#[derive(Default)]
+struct AppendTally {
+    request_count: u64,
+    record_count: u64,
+    partitions: BTreeMap<(String, u32), pb::PartitionSummary>,
+}
+
+impl AppendTally {
+    fn add(&mut self, topic: String, response: &pb::ProduceResponse) {
+        let records = u64::from(response.record_count);
+        self.request_count += 1;
+        self.record_count += records;
+        let first = response.base_offset;
+        let last = first + records.saturating_sub(1);
+        let entry = self
+            .partitions
+            .entry((topic.clone(), response.partition))
+            .or_insert_with(|| pb::PartitionSummary {
+                topic,
+                partition: response.partition,
+                first_offset: first,
+                last_offset: last,
+                record_count: 0,
+            });
+        entry.first_offset = entry.first_offset.min(first);
+        entry.last_offset = entry.last_offset.max(last);
+        entry.record_count += records;
+    }
 }
 
 async fn append(
@@ -429,37 +429,16 @@ async fn append(
 ) -> Result<pb::AppendSummary, Status> {
     let deadline = request.context().deadline();
     let input = request.into_inner();
-    let summary = std::cell::RefCell::new((
-        0u64,
-        0u64,
-        BTreeMap::<(String, u32), pb::PartitionSummary>::new(),
-    ));
-    pipeline(shard.clone(), input, deadline, |topic, response| {
-        let mut summary = summary.borrow_mut();
-        summary.0 += 1;
-        summary.1 += u64::from(response.record_count);
-        let last = response.base_offset + u64::from(response.record_count).saturating_sub(1);
-        let entry = summary
-            .2
-            .entry((topic.clone(), response.partition))
-            .or_insert_with(|| pb::PartitionSummary {
-                topic,
-                partition: response.partition,
-                first_offset: response.base_offset,
-                last_offset: last,
-                record_count: 0,
-            });
-        entry.first_offset = entry.first_offset.min(response.base_offset);
-        entry.last_offset = entry.last_offset.max(last);
-        entry.record_count += u64::from(response.record_count);
-        async { Ok(()) }
+    let mut tally = AppendTally::default();
+    pipeline(shard.clone(), input, deadline, async |topic, response| {
+        tally.add(topic, &response);
+        Ok(())
     })
     .await?;
-    let (request_count, record_count, partitions) = summary.into_inner();
     Ok(pb::AppendSummary {
-        request_count,
-        record_count,
-        partitions: partitions.into_values().collect(),
+        request_count: tally.request_count,
+        record_count: tally.record_count,
+        partitions: tally.partitions.into_values().collect(),
     })
 }
 
@@ -493,24 +472,30 @@ fn read_limits(shard: &ShardContext, max_bytes: u32, max_records: u32) -> ReadLi
     }
 }
 
+/// A partition to read and how much per response.
+struct ReadTarget<'a> {
+    owner: usize,
+    topic: &'a str,
+    partition: u32,
+    limits: ReadLimits,
+}
+
 async fn read(
     shard: &Rc<ShardContext>,
-    owner: usize,
-    topic: &str,
-    partition: u32,
+    target: &ReadTarget<'_>,
     offset: u64,
-    limits: ReadLimits,
     wait_ms: u64,
     deadline: Option<Instant>,
 ) -> Result<pb::FetchResponse, Status> {
+    let (topic, partition) = (target.topic, target.partition);
     let op = Op::Read {
         topic: topic.to_owned(),
         partition,
         offset,
-        limits,
+        limits: target.limits,
         wait_ms,
     };
-    let (result, offsets) = match shard.call(owner, op, deadline).await? {
+    let (result, offsets) = match shard.call(target.owner, op, deadline).await? {
         Reply::Read(result, offsets) => (result, offsets),
         _ => return Err(Failure::unexpected_reply("Fetch").into()),
     };
@@ -562,20 +547,14 @@ async fn fetch(
 ) -> Result<pb::FetchResponse, Status> {
     let deadline = request.context().deadline();
     let request = request.into_inner();
-    let owner = read_target(shard, &request.topic, request.partition)?;
-    let limits = read_limits(shard, request.max_bytes, request.max_records);
+    let target = ReadTarget {
+        owner: read_target(shard, &request.topic, request.partition)?,
+        topic: &request.topic,
+        partition: request.partition,
+        limits: read_limits(shard, request.max_bytes, request.max_records),
+    };
     let wait_ms = bounded_wait_ms(shard, request.max_wait_ms, deadline);
-    read(
-        shard,
-        owner,
-        &request.topic,
-        request.partition,
-        request.offset,
-        limits,
-        wait_ms,
-        deadline,
-    )
-    .await
+    read(shard, &target, request.offset, wait_ms, deadline).await
 }
 
 async fn subscribe(
@@ -584,22 +563,19 @@ async fn subscribe(
     mut sink: ResponseSink<pb::FetchResponse>,
 ) -> Result<(), Status> {
     let request = request.into_inner();
-    let owner = read_target(&shard, &request.topic, request.partition)?;
-    let limits = read_limits(&shard, request.max_bytes, 0);
+    let target = ReadTarget {
+        owner: read_target(&shard, &request.topic, request.partition)?,
+        topic: &request.topic,
+        partition: request.partition,
+        limits: read_limits(&shard, request.max_bytes, 0),
+    };
     let mut offset = request.offset;
+    // Headers now, so the client sees the subscription established before
+    // the first record exists.
+    sink.send_headers(shardlog_wire::Metadata::new())?;
     loop {
         refuse_when_draining(&shard)?;
-        let response = read(
-            &shard,
-            owner,
-            &request.topic,
-            request.partition,
-            offset,
-            limits,
-            SUBSCRIBE_POLL_MS,
-            None,
-        )
-        .await?;
+        let response = read(&shard, &target, offset, SUBSCRIBE_POLL_MS, None).await?;
         if response.records.is_empty() {
             continue;
         }

@@ -422,7 +422,7 @@ fn long_poll_fetch_and_subscribe_follow_new_records() {
         assert_eq!(&polled.records[0].value[..], b"first");
 
         let mut seen = Vec::new();
-        while seen.len() < 1 {
+        while seen.is_empty() {
             let message = stream.message().await.expect("stream").expect("open");
             seen.extend(message.records.into_iter().map(|r| r.value));
         }

@@ -117,6 +117,20 @@ impl TestServer {
         }
     }
 
+    /// Waits for a server that was signalled elsewhere to exit; asserts 0.
+    pub fn wait_exit(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                assert_eq!(status.code(), Some(0), "clean shutdown exits 0");
+                return;
+            }
+            assert!(Instant::now() < deadline, "server did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILLs the server (no chance to sync anything).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

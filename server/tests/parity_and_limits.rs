@@ -1,0 +1,363 @@
+//! Parity between the in-process engine and the gRPC path, the memory bound
+//! of a subscriber that never reads, health during drain, the interop
+//! TestService switch, and cross-shard routing.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Log, TestServer, block_on, produce_to};
+use shardlog_engine::{
+    AckLevel, AppendBatch, DmaStorage, Header, PartitionConfig, PartitionId, ReadLimits, Record,
+    Shard,
+};
+use shardlog_wire::client::CallOptions;
+use shardlog_wire::proto::grpc::health::v1::{
+    HealthCheckRequest, HealthCheckResponse, health_check_response::ServingStatus,
+};
+use shardlog_wire::proto::shardlog::v1 as pb;
+
+/// The records both paths store: keys, headers, explicit timestamps.
+fn parity_records() -> Vec<pb::Record> {
+    (0..40u32)
+        .map(|i| pb::Record {
+            key: (i % 3 != 0).then(|| Bytes::from(format!("key-{i}"))),
+            value: Bytes::from(vec![(i * 11) as u8; (i * 29 % 500) as usize]),
+            timestamp_ms: 1_700_000_000_000 + i64::from(i) * 1000,
+            headers: (0..i % 3)
+                .map(|h| pb::Header {
+                    key: format!("h{h}"),
+                    value: Bytes::from(vec![h as u8, 0xff]),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+fn engine_record(record: &pb::Record) -> Record {
+    Record {
+        key: record.key.clone(),
+        value: record.value.clone(),
+        timestamp_ms: record.timestamp_ms,
+        headers: record
+            .headers
+            .iter()
+            .map(|h| Header {
+                key: Bytes::from(h.key.clone()),
+                value: h.value.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Raw stored batches of `topic`/0 under `data_dir`, read with the engine.
+fn stored_batches(data_dir: std::path::PathBuf) -> Vec<Bytes> {
+    block_on(move || async move {
+        let shard = Shard::new(data_dir, DmaStorage::new());
+        let partition = shard
+            .open_partition(
+                PartitionId::new("parity", 0),
+                PartitionConfig::default(),
+                false,
+            )
+            .await
+            .expect("open stored partition");
+        let limits = ReadLimits {
+            max_bytes: 64 << 20,
+            max_records: usize::MAX,
+        };
+        let batches = partition
+            .read_batches(0, limits)
+            .await
+            .expect("read batches")
+            .batches;
+        shard.close().await.expect("close");
+        batches
+    })
+}
+
+#[test]
+fn in_process_and_grpc_appends_store_identical_bytes() {
+    let records = parity_records();
+    let mut server = TestServer::start(1);
+    let addr = server.addr;
+    let over_grpc = records.clone();
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        log.create_topic("parity", 1).await.expect("create");
+        log.produce(produce_to("parity", 0, over_grpc[..25].to_vec()))
+            .await
+            .expect("produce");
+        log.produce(produce_to("parity", 0, over_grpc[25..].to_vec()))
+            .await
+            .expect("produce");
+    });
+    assert_eq!(server.stop(), Some(0));
+    let grpc_batches = stored_batches(server.data_dir().to_owned());
+
+    let library_dir = tempfile::tempdir().expect("temp dir");
+    let library_path = library_dir.path().to_owned();
+    let in_process = records.clone();
+    block_on(move || async move {
+        let shard = Shard::new(library_path, DmaStorage::new());
+        let partition = shard
+            .open_partition(
+                PartitionId::new("parity", 0),
+                PartitionConfig::default(),
+                true,
+            )
+            .await
+            .expect("create partition");
+        for chunk in [&in_process[..25], &in_process[25..]] {
+            let batch = AppendBatch {
+                records: chunk.iter().map(engine_record).collect(),
+                producer: None,
+            };
+            partition
+                .append(batch, AckLevel::Durable)
+                .await
+                .expect("append");
+        }
+        shard.close().await.expect("close");
+    });
+    let library_batches = stored_batches(library_dir.path().to_owned());
+
+    assert_eq!(grpc_batches.len(), 2);
+    assert_eq!(
+        grpc_batches, library_batches,
+        "both paths store byte-identical batches"
+    );
+}
+
+fn rss_anon_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("RssAnon:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .expect("RssAnon")
+}
+
+#[test]
+fn subscriber_that_never_reads_does_not_grow_server_memory() {
+    const BATCHES: u32 = 320;
+    const VALUE_BYTES: usize = 200 << 10;
+    let server = TestServer::start(1);
+    let addr = server.addr;
+    let pid = server.pid();
+    let (before_kib, after_kib) = block_on(move || async move {
+        let log = Log::connect(addr).await;
+        let create = pb::CreateTopicRequest {
+            topic: "firehose".into(),
+            partition_count: 1,
+            retention: Some(pb::RetentionPolicy {
+                segment_bytes: 8 << 20,
+                ..Default::default()
+            }),
+        };
+        let _: pb::CreateTopicResponse = log.unary("CreateTopic", &create).await.expect("create");
+        // Warm up allocator arenas and buffers before the baseline.
+        let value = Bytes::from(vec![7u8; VALUE_BYTES]);
+        let batch = || {
+            produce_to(
+                "firehose",
+                0,
+                vec![pb::Record {
+                    value: value.clone(),
+                    ..common::record(b"")
+                }],
+            )
+        };
+        for _ in 0..20 {
+            log.produce(batch()).await.expect("produce");
+        }
+        let subscribe = pb::SubscribeRequest {
+            topic: "firehose".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: 0,
+        };
+        // A subscriber on its own connection that never reads its stream.
+        let stalled = Log::connect(addr).await;
+        let stream = stalled
+            .channel
+            .server_streaming::<_, pb::FetchResponse>(
+                "/shardlog.v1.Log/Subscribe",
+                &subscribe,
+                CallOptions::default(),
+            )
+            .await
+            .expect("subscribe");
+        glommio::timer::sleep(Duration::from_millis(300)).await;
+        let before = rss_anon_kib(pid);
+        for _ in 0..BATCHES {
+            log.produce(batch()).await.expect("produce");
+        }
+        glommio::timer::sleep(Duration::from_millis(500)).await;
+        let after = rss_anon_kib(pid);
+        drop(stream);
+        (before, after)
+    });
+    let produced_kib = u64::from(BATCHES) * (VALUE_BYTES as u64) / 1024;
+    let growth_kib = after_kib.saturating_sub(before_kib);
+    assert!(
+        growth_kib < produced_kib / 3,
+        "server anonymous memory grew {growth_kib} KiB while {produced_kib} KiB went to a stalled subscriber"
+    );
+}
+
+#[test]
+fn health_serves_then_turns_not_serving_when_the_drain_starts() {
+    let mut server = TestServer::start(2);
+    let addr = server.addr;
+    let pid = server.pid();
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        for service in ["", "shardlog.v1.Log"] {
+            let check = HealthCheckRequest {
+                service: service.into(),
+            };
+            let response: HealthCheckResponse = log
+                .channel
+                .unary(
+                    "/grpc.health.v1.Health/Check",
+                    &check,
+                    CallOptions::default(),
+                )
+                .await
+                .expect("health check")
+                .into_inner();
+            assert_eq!(response.status, ServingStatus::Serving as i32);
+        }
+        let unknown = HealthCheckRequest {
+            service: "nope".into(),
+        };
+        let result = log
+            .channel
+            .unary::<_, HealthCheckResponse>(
+                "/grpc.health.v1.Health/Check",
+                &unknown,
+                CallOptions::default(),
+            )
+            .await;
+        assert_eq!(
+            result.expect_err("unknown service").code(),
+            shardlog_wire::Code::NOT_FOUND
+        );
+
+        // A watcher sees SERVING, then NOT_SERVING as soon as the drain starts.
+        let watch = HealthCheckRequest {
+            service: "shardlog.v1.Log".into(),
+        };
+        let mut updates = log
+            .channel
+            .server_streaming::<_, HealthCheckResponse>(
+                "/grpc.health.v1.Health/Watch",
+                &watch,
+                CallOptions::default(),
+            )
+            .await
+            .expect("watch")
+            .into_inner();
+        let first = updates
+            .message()
+            .await
+            .expect("watch update")
+            .expect("open");
+        assert_eq!(first.status, ServingStatus::Serving as i32);
+        // SAFETY: signalling the server child process this test owns.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        let next = updates
+            .message()
+            .await
+            .expect("watch update")
+            .expect("open");
+        assert_eq!(next.status, ServingStatus::NotServing as i32);
+    });
+    server.wait_exit();
+}
+
+#[test]
+fn grpc_testing_switch_serves_the_interop_service() {
+    use shardlog_wire::proto::grpc::testing::Empty;
+    let plain = TestServer::start(1);
+    let with_testing = TestServer::start_with(1, &["--grpc-testing"]);
+    let (plain_addr, testing_addr) = (plain.addr, with_testing.addr);
+    block_on(move || async move {
+        let path = "/grpc.testing.TestService/EmptyCall";
+        let off = common::connect(plain_addr).await;
+        let result = off
+            .unary::<_, Empty>(path, &Empty {}, CallOptions::default())
+            .await;
+        assert_eq!(
+            result.expect_err("not served").code(),
+            shardlog_wire::Code::UNIMPLEMENTED
+        );
+        let on = common::connect(testing_addr).await;
+        on.unary::<_, Empty>(path, &Empty {}, CallOptions::default())
+            .await
+            .expect("EmptyCall");
+    });
+}
+
+#[test]
+fn requests_cross_shards_and_replies_come_back() {
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let server = TestServer::start_with(2, &["--metrics-listen", &metrics_addr]);
+    let addr = server.addr;
+    block_on(move || async move {
+        Log::connect(addr)
+            .await
+            .create_topic("x", 4)
+            .await
+            .expect("create");
+        // SO_REUSEPORT spreads connections over both shards; every connection
+        // writes to all four partitions (two per shard) and reads back.
+        let connections = (0..16u32).map(|connection| async move {
+            let log = Log::connect(addr).await;
+            for partition in 0..4 {
+                let value = format!("{connection}");
+                log.produce(produce_to(
+                    "x",
+                    partition,
+                    vec![common::record(value.as_bytes())],
+                ))
+                .await
+                .expect("produce");
+            }
+            for partition in 0..4 {
+                let records = log.fetch_all("x", partition, 0).await;
+                assert!(
+                    records
+                        .iter()
+                        .any(|r| r.value.as_ref() == connection.to_string().as_bytes())
+                );
+            }
+        });
+        futures_util::future::join_all(connections).await;
+    });
+    let text = {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&metrics_addr).expect("metrics");
+        write!(stream, "GET /metrics HTTP/1.1\r\n\r\n").expect("write");
+        let mut text = String::new();
+        stream.read_to_string(&mut text).expect("read");
+        text
+    };
+    for shard in 0..2 {
+        let needle = format!("shardlog_cross_core_calls_total{{shard=\"{shard}\"}} ");
+        let line = text
+            .lines()
+            .find(|line| line.starts_with(&needle))
+            .unwrap_or_else(|| panic!("{needle} missing:\n{text}"));
+        let calls: u64 = line[needle.len()..].trim().parse().expect("count");
+        assert!(calls > 0, "shard {shard} sent no cross-core call:\n{text}");
+    }
+}
