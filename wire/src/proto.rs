@@ -14,3 +14,37 @@ pub mod shardlog {
         include!(concat!(env!("OUT_DIR"), "/shardlog.v1.rs"));
     }
 }
+
+/// Packages `grpc.*`: the standard services and the interop test service.
+pub mod grpc {
+    /// Package `grpc.health.*`.
+    pub mod health {
+        /// Package `grpc.health.v1`: the standard health checking protocol.
+        pub mod v1 {
+            #![allow(missing_docs)]
+            include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.rs"));
+        }
+    }
+
+    /// Package `grpc.reflection.*`.
+    pub mod reflection {
+        /// Package `grpc.reflection.v1`: server reflection.
+        pub mod v1 {
+            #![allow(missing_docs)]
+            include!(concat!(env!("OUT_DIR"), "/grpc.reflection.v1.rs"));
+        }
+
+        /// Package `grpc.reflection.v1alpha`: server reflection, the older
+        /// name that many clients still ask for.
+        pub mod v1alpha {
+            #![allow(missing_docs)]
+            include!(concat!(env!("OUT_DIR"), "/grpc.reflection.v1alpha.rs"));
+        }
+    }
+
+    /// Package `grpc.testing`: the interop suite's `TestService` messages.
+    pub mod testing {
+        #![allow(missing_docs)]
+        include!(concat!(env!("OUT_DIR"), "/grpc.testing.rs"));
+    }
+}

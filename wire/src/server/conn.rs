@@ -1,0 +1,316 @@
+//! One HTTP/2 connection: handshake under a timeout, then a single task
+//! that drives h2 (reads, writes, flow control), runs every call of the
+//! connection as a future in a bounded set, and keeps the timers h2 does not
+//! have: idle timeout, keepalive PINGs, and the drain deadline.
+//!
+//! Calls are polled inside the connection task rather than spawned: their
+//! writes and the connection's flush happen in the same poll, so responses
+//! of many streams leave in one batched write.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::future::{Either, LocalBoxFuture, poll_fn, select};
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
+use glommio::timer::Timer;
+use h2::server::{Connection, SendResponse};
+use h2::{Ping, PingPong, Reason, RecvStream};
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt as _};
+
+use crate::error::WireError;
+use crate::event::{Event, EventWait};
+use crate::server::ServerShared;
+use crate::server::dispatch::prepare_call;
+
+/// Counts a connection as active for its lifetime; notifies on close.
+struct ActiveConnection {
+    shared: Rc<ServerShared>,
+}
+
+impl ActiveConnection {
+    fn new(shared: Rc<ServerShared>) -> ActiveConnection {
+        shared
+            .connections_active
+            .set(shared.connections_active.get() + 1);
+        ActiveConnection { shared }
+    }
+}
+
+impl Drop for ActiveConnection {
+    fn drop(&mut self) {
+        let active = self.shared.connections_active.get();
+        assert!(active > 0, "connection count underflow");
+        self.shared.connections_active.set(active - 1);
+        self.shared.connection_closed.notify_all();
+    }
+}
+
+pub(crate) async fn serve_connection<IO>(
+    shared: Rc<ServerShared>,
+    io: IO,
+    peer_addr: Option<SocketAddr>,
+) -> Result<(), WireError>
+where
+    IO: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
+{
+    let _active = ActiveConnection::new(shared.clone());
+    let handshake_timeout = shared.config.handshake_timeout;
+    let handshake = shared.h2_builder.handshake::<_, Bytes>(io.compat());
+    let timer = Timer::new(handshake_timeout);
+    let connection = match select(handshake, timer).await {
+        Either::Left((result, _)) => result.map_err(WireError::Handshake)?,
+        Either::Right((_, _)) => {
+            return Err(WireError::HandshakeTimeout {
+                timeout_ms: handshake_timeout.as_millis(),
+            });
+        }
+    };
+    let mut driver = ConnectionDriver::new(shared, connection, peer_addr);
+    poll_fn(|cx| driver.poll(cx)).await
+}
+
+type H2Connection<IO> = Connection<Compat<IO>, Bytes>;
+
+/// Keepalive state: PINGs are sent on housekeeping ticks.
+struct Keepalive {
+    ping_pong: PingPong,
+    interval: Duration,
+    timeout: Duration,
+    last_ping_at: Instant,
+    /// When the outstanding PING was sent, if one is.
+    outstanding_since: Option<Instant>,
+}
+
+struct ConnectionDriver<IO> {
+    shared: Rc<ServerShared>,
+    connection: H2Connection<IO>,
+    peer_addr: Option<SocketAddr>,
+    /// Calls in flight; bounded by max_concurrent_streams, which h2
+    /// enforces on the peer.
+    calls: FuturesUnordered<LocalBoxFuture<'static, ()>>,
+    drain: EventWait<Rc<Event>>,
+    /// Whether the server's drain reached this connection.
+    draining: bool,
+    /// Armed when the drain starts; fires at the end of the grace period.
+    drain_deadline: Option<Timer>,
+    /// Fires at every housekeeping period (idle and keepalive checks).
+    housekeeping: Option<Timer>,
+    housekeeping_period: Duration,
+    keepalive: Option<Keepalive>,
+    /// Calls started since the last housekeeping tick.
+    calls_started: u64,
+    /// Time without calls in flight and without new calls.
+    idle_for: Duration,
+    /// Set once GOAWAY was sent (idle timeout or drain).
+    shutting_down: bool,
+}
+
+/// Streams accepted in one batch before the calls run (bounds the time
+/// between two flushes under a flood of new streams).
+const ACCEPT_BATCH_MAX: u32 = 64;
+
+/// Accept-and-run rounds in one poll before the driver yields to the other
+/// tasks of the executor (fairness between connections).
+const POLL_ROUNDS_MAX: u32 = 16;
+
+/// Ticks per idle timeout: the idle timeout is honoured within 1/4 of it.
+const IDLE_TICKS: u32 = 4;
+
+impl<IO> ConnectionDriver<IO>
+where
+    IO: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
+{
+    fn new(
+        shared: Rc<ServerShared>,
+        mut connection: H2Connection<IO>,
+        peer_addr: Option<SocketAddr>,
+    ) -> Self {
+        let config = &shared.config;
+        let keepalive = config.keepalive_interval.and_then(|interval| {
+            Some(Keepalive {
+                ping_pong: connection.ping_pong()?,
+                interval,
+                timeout: config.keepalive_timeout,
+                last_ping_at: Instant::now(),
+                outstanding_since: None,
+            })
+        });
+        let periods = [
+            config.idle_timeout.map(|idle| idle / IDLE_TICKS),
+            config.keepalive_interval,
+            config.keepalive_interval.map(|_| config.keepalive_timeout),
+        ];
+        let housekeeping_period = periods.into_iter().flatten().min();
+        let drain = EventWait::new(shared.drain.clone());
+        ConnectionDriver {
+            shared,
+            connection,
+            peer_addr,
+            calls: FuturesUnordered::new(),
+            drain,
+            draining: false,
+            drain_deadline: None,
+            housekeeping: housekeeping_period.map(Timer::new),
+            housekeeping_period: housekeeping_period.unwrap_or(Duration::MAX),
+            keepalive,
+            calls_started: 0,
+            idle_for: Duration::ZERO,
+            shutting_down: false,
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WireError>> {
+        if !self.draining && self.drain.poll_set(cx).is_ready() {
+            self.start_drain();
+        }
+        if let Some(deadline) = &mut self.drain_deadline
+            && Pin::new(deadline).poll(cx).is_ready()
+        {
+            // Grace is over: drop the remaining calls (their streams are
+            // reset) and close.
+            self.calls.clear();
+            self.connection.abrupt_shutdown(Reason::NO_ERROR);
+            self.drain_deadline = None;
+        }
+        if let Poll::Ready(result) = self.poll_streams(cx) {
+            return Poll::Ready(result);
+        }
+        self.poll_housekeeping(cx)
+    }
+
+    /// Runs calls and h2 until neither makes progress.
+    ///
+    /// Every stream h2 has ready is accepted before any call runs, and the
+    /// calls' responses are flushed by the next `poll_accept`: requests that
+    /// arrived together are answered with one write.
+    fn poll_streams(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WireError>> {
+        for _ in 0..POLL_ROUNDS_MAX {
+            let mut accepted = 0u32;
+            while accepted < ACCEPT_BATCH_MAX {
+                match self.connection.poll_accept(cx) {
+                    Poll::Ready(Some(Ok((request, respond)))) => {
+                        self.accept_call(request, respond);
+                        accepted += 1;
+                    }
+                    Poll::Ready(Some(Err(error))) => {
+                        return Poll::Ready(connection_result(error));
+                    }
+                    Poll::Ready(None) => return Poll::Ready(Ok(())),
+                    Poll::Pending => break,
+                }
+            }
+            let mut completed = false;
+            while let Poll::Ready(Some(())) = self.calls.poll_next_unpin(cx) {
+                completed = true;
+            }
+            if accepted == 0 && !completed {
+                return Poll::Pending;
+            }
+        }
+        // Still busy: yield so the other connections on this executor run.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    fn accept_call(&mut self, request: http::Request<RecvStream>, respond: SendResponse<Bytes>) {
+        self.calls_started += 1;
+        if let Some(call) = prepare_call(&self.shared, request, respond, self.peer_addr) {
+            self.calls.push(call);
+        }
+    }
+
+    fn start_drain(&mut self) {
+        tracing::debug!(peer = ?self.peer_addr, "draining connection");
+        self.connection.graceful_shutdown();
+        self.shutting_down = true;
+        self.draining = true;
+        self.drain_deadline = Some(Timer::new(self.shared.config.drain_grace));
+    }
+
+    fn poll_housekeeping(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WireError>> {
+        if let Some(keepalive) = &mut self.keepalive
+            && keepalive.outstanding_since.is_some()
+            && let Poll::Ready(result) = keepalive.ping_pong.poll_pong(cx)
+        {
+            keepalive.outstanding_since = None;
+            if let Err(error) = result {
+                return Poll::Ready(connection_result(error));
+            }
+        }
+        loop {
+            let Some(timer) = &mut self.housekeeping else {
+                return Poll::Pending;
+            };
+            if Pin::new(&mut *timer).poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            timer.reset(self.housekeeping_period);
+            if let Err(error) = self.on_tick() {
+                return Poll::Ready(Err(error));
+            }
+        }
+    }
+
+    /// One housekeeping period passed: idle accounting and keepalive.
+    fn on_tick(&mut self) -> Result<(), WireError> {
+        let idle = self.calls.is_empty() && self.calls_started == 0;
+        self.calls_started = 0;
+        self.idle_for = if idle {
+            self.idle_for.saturating_add(self.housekeeping_period)
+        } else {
+            Duration::ZERO
+        };
+        if let Some(idle_timeout) = self.shared.config.idle_timeout
+            && self.idle_for >= idle_timeout
+            && !self.shutting_down
+        {
+            tracing::debug!(peer = ?self.peer_addr, "idle timeout: closing connection");
+            self.connection.graceful_shutdown();
+            self.shutting_down = true;
+        }
+        let Some(keepalive) = &mut self.keepalive else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        match keepalive.outstanding_since {
+            Some(sent_at) if now.duration_since(sent_at) >= keepalive.timeout => {
+                Err(WireError::KeepaliveTimeout {
+                    timeout_ms: keepalive.timeout.as_millis(),
+                })
+            }
+            Some(_) => Ok(()),
+            None if now.duration_since(keepalive.last_ping_at) >= keepalive.interval => {
+                // A PING is refused only while another is outstanding.
+                if keepalive.ping_pong.send_ping(Ping::opaque()).is_ok() {
+                    keepalive.outstanding_since = Some(now);
+                    keepalive.last_ping_at = now;
+                }
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+/// A connection that ended with an error: an orderly close by the peer is
+/// not a failure worth reporting.
+fn connection_result(error: h2::Error) -> Result<(), WireError> {
+    let peer_hung_up = error.is_io()
+        && error.get_io().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        });
+    if peer_hung_up || error.reason() == Some(Reason::NO_ERROR) {
+        Ok(())
+    } else {
+        Err(WireError::Connection(error))
+    }
+}

@@ -1,0 +1,397 @@
+//! Call drivers, one per call shape: run the handler (panics caught) raced
+//! against the deadline and a client reset, then write the response —
+//! headers, message(s), trailers, or Trailers-Only for errors.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
+use std::pin::{Pin, pin};
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt as _;
+use futures_util::future::{LocalBoxFuture, poll_fn};
+
+use crate::call::{CallContext, Request, Response, ResponseSink, SendPhase, SinkState, Streaming};
+use crate::codec::{self, Encoding};
+use crate::headers;
+use crate::server::dispatch::{CallResponse, IncomingCall, Method, Report, send_trailers_only};
+use crate::status::{Code, Status};
+
+/// Longest `grpc-timeout` that arms a timer (30 days); longer ones, up to
+/// the 99,999,999 hours the format allows, are treated as no deadline.
+const DEADLINE_TIMER_MAX: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The framed zero-length message (flag 0, length 0): sent without allocating.
+const EMPTY_MESSAGE_FRAME: &[u8] = &[0; codec::HEADER_BYTES];
+
+/// How a raced call ended.
+enum Outcome<T> {
+    /// The work finished with this value.
+    Done(T),
+    /// The client reset the stream.
+    Reset,
+    /// The deadline passed first.
+    DeadlineExceeded,
+}
+
+/// Runs `work` until it finishes, `poll_reset` reports a client reset, or
+/// `timeout` passes. `work` is dropped before this returns, so a handler is
+/// cancelled before any response is written.
+///
+/// `work` is pinned by the caller: passing the (large) call future by
+/// value would store it twice in this future's state.
+async fn race<F, R>(
+    mut work: Pin<&mut F>,
+    mut poll_reset: R,
+    timeout: Option<Duration>,
+) -> Outcome<F::Output>
+where
+    F: Future,
+    R: FnMut(&mut Context<'_>) -> Poll<()>,
+{
+    // Beyond the cap a deadline is as good as none (and would overflow timers).
+    let timeout = timeout.filter(|timeout| *timeout <= DEADLINE_TIMER_MAX);
+    let mut timer = timeout.map(glommio::timer::Timer::new);
+    poll_fn(|cx| {
+        if let Poll::Ready(output) = work.as_mut().poll(cx) {
+            return Poll::Ready(Outcome::Done(output));
+        }
+        if poll_reset(cx).is_ready() {
+            return Poll::Ready(Outcome::Reset);
+        }
+        match timer.as_mut().map(|timer| Pin::new(timer).poll(cx)) {
+            Some(Poll::Ready(_)) => Poll::Ready(Outcome::DeadlineExceeded),
+            _ => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// Calls the handler, turning a panic (while building or polling its
+/// future) into UNKNOWN. The connection and the process live on.
+async fn invoke<T, Fut>(start: impl FnOnce() -> Fut) -> Result<T, Status>
+where
+    Fut: Future<Output = Result<T, Status>>,
+{
+    let panicked = |_| Status::unknown("handler panicked");
+    let future = std::panic::catch_unwind(AssertUnwindSafe(start)).map_err(panicked)?;
+    AssertUnwindSafe(future)
+        .catch_unwind()
+        .await
+        .map_err(panicked)?
+}
+
+/// Cancels the context unless the call completed: a driver dropped with its
+/// connection still tells work queued elsewhere to stop.
+struct CancelOnDrop {
+    context: CallContext,
+    completed: bool,
+}
+
+impl CancelOnDrop {
+    fn new(context: &CallContext) -> CancelOnDrop {
+        CancelOnDrop {
+            context: context.clone(),
+            completed: false,
+        }
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.completed {
+            self.context.cancel();
+        }
+    }
+}
+
+/// Drives a call whose response is one message (unary, client streaming).
+async fn drive_single_response<Resp, W>(
+    response: CallResponse,
+    context: &CallContext,
+    work: Pin<&mut W>,
+) where
+    Resp: prost::Message,
+    W: Future<Output = Result<Response<Resp>, Status>>,
+{
+    let mut guard = CancelOnDrop::new(context);
+    let CallResponse {
+        mut respond,
+        timeout,
+        accept_encoding_gzip,
+        max_message_bytes,
+        report,
+    } = response;
+    let outcome = race(work, |cx| respond.poll_reset(cx).map(drop), timeout).await;
+    let code = match outcome {
+        Outcome::Done(Ok(message)) => {
+            send_single_response(respond, message, accept_encoding_gzip, max_message_bytes)
+        }
+        Outcome::Done(Err(status)) => {
+            let code = status.code();
+            send_trailers_only(respond, status);
+            code
+        }
+        Outcome::DeadlineExceeded => {
+            context.cancel();
+            send_trailers_only(respond, Status::deadline_exceeded("deadline exceeded"));
+            Code::DEADLINE_EXCEEDED
+        }
+        Outcome::Reset => {
+            context.cancel();
+            Code::CANCELLED
+        }
+    };
+    guard.completed = true;
+    if let Some(report) = report {
+        report.finish(code);
+    }
+}
+
+/// Writes a single-message response: headers, one DATA, trailers. Returns
+/// the status code sent.
+fn send_single_response<Resp: prost::Message>(
+    mut respond: h2::server::SendResponse<Bytes>,
+    response: Response<Resp>,
+    accept_encoding_gzip: bool,
+    max_message_bytes: usize,
+) -> Code {
+    let encoding = match response.compression() {
+        Encoding::Gzip if accept_encoding_gzip => Encoding::Gzip,
+        _ => Encoding::Identity,
+    };
+    let (metadata, message, trailers) = response.into_parts();
+    let frame = match encode_response(&message, encoding, max_message_bytes) {
+        Ok(frame) => frame,
+        Err(status) => {
+            let code = status.code();
+            send_trailers_only(respond, status);
+            return code;
+        }
+    };
+    let head = headers::response_head(encoding, metadata);
+    let Ok(mut stream) = respond.send_response(head, false) else {
+        return Code::CANCELLED;
+    };
+    // The response is bounded by max_message_bytes; h2 queues what the
+    // window does not yet admit.
+    if stream.send_data(frame, false).is_err() {
+        return Code::CANCELLED;
+    }
+    let _ = stream.send_trailers(headers::ok_trailers(trailers));
+    Code::OK
+}
+
+/// Frames one response message, refusing it beyond the size limit.
+fn encode_response<Resp: prost::Message>(
+    message: &Resp,
+    encoding: Encoding,
+    max_message_bytes: usize,
+) -> Result<Bytes, Status> {
+    let body_bytes = message.encoded_len();
+    if body_bytes > max_message_bytes {
+        return Err(Status::resource_exhausted(format!(
+            "response message of {body_bytes} bytes exceeds the limit of {max_message_bytes} bytes"
+        )));
+    }
+    if body_bytes == 0 && encoding == Encoding::Identity {
+        return Ok(Bytes::from_static(EMPTY_MESSAGE_FRAME));
+    }
+    let mut frame = BytesMut::with_capacity(codec::HEADER_BYTES + body_bytes);
+    codec::encode_message_with(message, encoding, &mut frame).map_err(|e| e.to_status())?;
+    Ok(frame.freeze())
+}
+
+/// Drives a call whose response is a stream (server streaming, bidi).
+async fn drive_streamed_response<W>(
+    state: Rc<RefCell<SinkState>>,
+    (timeout, report): StreamedLimits,
+    context: &CallContext,
+    work: Pin<&mut W>,
+) where
+    W: Future<Output = Result<(), Status>>,
+{
+    let mut guard = CancelOnDrop::new(context);
+    // The handler may hold `trailers_mut()` across an await: skip the reset
+    // check for that poll rather than panic on the borrow.
+    let poll_reset = |cx: &mut Context<'_>| match state.try_borrow_mut() {
+        Ok(mut state) => state.poll_reset(cx),
+        Err(_) => Poll::Pending,
+    };
+    let code = match race(work, poll_reset, timeout).await {
+        Outcome::Done(result) => {
+            let status = result.err().unwrap_or_else(Status::ok);
+            let code = status.code();
+            finish_sink(&state, status);
+            code
+        }
+        Outcome::DeadlineExceeded => {
+            context.cancel();
+            finish_sink(&state, Status::deadline_exceeded("deadline exceeded"));
+            Code::DEADLINE_EXCEEDED
+        }
+        Outcome::Reset => {
+            context.cancel();
+            Code::CANCELLED
+        }
+    };
+    guard.completed = true;
+    if let Some(report) = report {
+        report.finish(code);
+    }
+}
+
+/// Ends a streamed response with `status` (Trailers-Only if nothing was sent).
+fn finish_sink(state: &RefCell<SinkState>, status: Status) {
+    // Only a sink moved out of the handler (into another task) can still be
+    // borrowed here; its stream is then reset when that task drops it.
+    let Ok(mut state) = state.try_borrow_mut() else {
+        tracing::warn!("response sink still in use after its handler returned");
+        return;
+    };
+    let trailers = std::mem::take(&mut state.trailers);
+    match std::mem::replace(&mut state.phase, SendPhase::Closed) {
+        SendPhase::Pending(mut respond) => {
+            let _ = respond.send_response(headers::trailers_only(status, trailers), true);
+        }
+        SendPhase::Open(mut stream) => {
+            let _ = stream.send_trailers(headers::trailers(status, trailers));
+        }
+        SendPhase::Closed => {}
+    }
+}
+
+/// The timeout and outcome report of a streamed response.
+type StreamedLimits = (Option<Duration>, Option<Report>);
+
+/// The shared response state of a streamed response and the handler's sink.
+fn sink<Resp: prost::Message>(
+    response: CallResponse,
+) -> (Rc<RefCell<SinkState>>, StreamedLimits, ResponseSink<Resp>) {
+    let state = SinkState::new(
+        response.respond,
+        response.accept_encoding_gzip,
+        response.max_message_bytes,
+    );
+    let state = Rc::new(RefCell::new(state));
+    let sink = ResponseSink::new(state.clone());
+    (state, (response.timeout, response.report), sink)
+}
+
+macro_rules! method_struct {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        pub(crate) struct $name<Req, Resp, H> {
+            handler: H,
+            _types: PhantomData<fn(Req) -> Resp>,
+        }
+
+        impl<Req, Resp, H> $name<Req, Resp, H> {
+            pub(crate) fn new(handler: H) -> Self {
+                $name {
+                    handler,
+                    _types: PhantomData,
+                }
+            }
+        }
+    };
+}
+
+method_struct!(
+    /// A unary method.
+    UnaryMethod
+);
+method_struct!(
+    /// A server-streaming method.
+    ServerStreamingMethod
+);
+method_struct!(
+    /// A client-streaming method.
+    ClientStreamingMethod
+);
+method_struct!(
+    /// A bidirectional-streaming method.
+    BidiStreamingMethod
+);
+
+impl<Req, Resp, H, Fut> Method for UnaryMethod<Req, Resp, H>
+where
+    Req: prost::Message + Default + 'static,
+    Resp: prost::Message + 'static,
+    H: Fn(Request<Req>) -> Fut + 'static,
+    Fut: Future<Output = Result<Response<Resp>, Status>> + 'static,
+{
+    fn call(self: Rc<Self>, call: IncomingCall) -> LocalBoxFuture<'static, ()> {
+        Box::pin(async move {
+            let IncomingCall { request, response } = call;
+            let context = request.context.clone();
+            let work = pin!(async {
+                let request = request.single::<Req>().await?;
+                invoke(|| (self.handler)(request)).await
+            });
+            drive_single_response(response, &context, work).await;
+        })
+    }
+}
+
+impl<Req, Resp, H, Fut> Method for ClientStreamingMethod<Req, Resp, H>
+where
+    Req: prost::Message + Default + 'static,
+    Resp: prost::Message + 'static,
+    H: Fn(Request<Streaming<Req>>) -> Fut + 'static,
+    Fut: Future<Output = Result<Response<Resp>, Status>> + 'static,
+{
+    fn call(self: Rc<Self>, call: IncomingCall) -> LocalBoxFuture<'static, ()> {
+        Box::pin(async move {
+            let IncomingCall { request, response } = call;
+            let context = request.context.clone();
+            let work = pin!(invoke(|| (self.handler)(request.streaming::<Req>())));
+            drive_single_response(response, &context, work).await;
+        })
+    }
+}
+
+impl<Req, Resp, H, Fut> Method for ServerStreamingMethod<Req, Resp, H>
+where
+    Req: prost::Message + Default + 'static,
+    Resp: prost::Message + 'static,
+    H: Fn(Request<Req>, ResponseSink<Resp>) -> Fut + 'static,
+    Fut: Future<Output = Result<(), Status>> + 'static,
+{
+    fn call(self: Rc<Self>, call: IncomingCall) -> LocalBoxFuture<'static, ()> {
+        Box::pin(async move {
+            let IncomingCall { request, response } = call;
+            let context = request.context.clone();
+            let (state, limits, sink) = sink::<Resp>(response);
+            let work = pin!(async {
+                let request = request.single::<Req>().await?;
+                invoke(|| (self.handler)(request, sink)).await
+            });
+            drive_streamed_response(state, limits, &context, work).await;
+        })
+    }
+}
+
+impl<Req, Resp, H, Fut> Method for BidiStreamingMethod<Req, Resp, H>
+where
+    Req: prost::Message + Default + 'static,
+    Resp: prost::Message + 'static,
+    H: Fn(Request<Streaming<Req>>, ResponseSink<Resp>) -> Fut + 'static,
+    Fut: Future<Output = Result<(), Status>> + 'static,
+{
+    fn call(self: Rc<Self>, call: IncomingCall) -> LocalBoxFuture<'static, ()> {
+        Box::pin(async move {
+            let IncomingCall { request, response } = call;
+            let context = request.context.clone();
+            let (state, limits, sink) = sink::<Resp>(response);
+            let work = pin!(invoke(|| {
+                (self.handler)(request.streaming::<Req>(), sink)
+            }));
+            drive_streamed_response(state, limits, &context, work).await;
+        })
+    }
+}
