@@ -26,6 +26,16 @@ use crate::ops::{Failure, Op, Reply};
 /// refused UNAVAILABLE.
 pub const QUEUE_FULL_WAIT: Duration = Duration::from_millis(50);
 
+/// How a call behaves when the mesh is busy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Data path: refuse UNAVAILABLE (nothing written) when the in-flight
+    /// bound is reached or the peer's queue stays full.
+    Shed,
+    /// Control plane: wait for room.
+    Wait,
+}
+
 /// What travels between shards.
 pub enum Envelope {
     /// A call to execute on the receiving shard.
@@ -95,15 +105,20 @@ impl Mesh {
         self.calls_total.get()
     }
 
-    /// Runs `op` on shard `target` and returns its reply.
+    /// Runs `op` on shard `target` and returns its reply. Data-path calls
+    /// (`Admission::Shed`) are refused UNAVAILABLE under overload;
+    /// control-plane calls (`Admission::Wait`: catalog changes, partition
+    /// creation, metrics) wait for room instead, so a busy data path can
+    /// never leave shards with different catalogs.
     pub async fn call(
         &self,
         target: usize,
         op: Op,
         deadline: Option<Instant>,
+        admission: Admission,
     ) -> Result<Reply, Failure> {
         assert_ne!(target, self.shard, "local calls do not cross the mesh");
-        if self.inflight() >= self.inflight_max {
+        if admission == Admission::Shed && self.inflight() >= self.inflight_max {
             return Err(self.refuse(target, "too many cross-core calls in flight"));
         }
         let id = self.next_id.get();
@@ -118,7 +133,7 @@ impl Mesh {
             deadline,
             op,
         };
-        self.send(target, envelope).await?;
+        self.send(target, envelope, admission).await?;
         self.calls_total.set(self.calls_total.get() + 1);
         match reply_rx.await {
             Ok(result) => result,
@@ -129,7 +144,12 @@ impl Mesh {
         }
     }
 
-    async fn send(&self, target: usize, envelope: Envelope) -> Result<(), Failure> {
+    async fn send(
+        &self,
+        target: usize,
+        envelope: Envelope,
+        admission: Admission,
+    ) -> Result<(), Failure> {
         let envelope = match self.senders.try_send_to(target, envelope) {
             Ok(()) => return Ok(()),
             Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(envelope))) => {
@@ -138,14 +158,20 @@ impl Mesh {
             Err(_) => return Err(self.refuse(target, "shard is shutting down")),
         };
         let send = async { self.senders.send_to(target, envelope).await.is_ok() };
-        let give_up = async {
-            glommio::timer::sleep(QUEUE_FULL_WAIT).await;
-            false
+        let sent = match admission {
+            Admission::Wait => send.await,
+            Admission::Shed => {
+                let give_up = async {
+                    glommio::timer::sleep(QUEUE_FULL_WAIT).await;
+                    false
+                };
+                futures_lite::future::or(send, give_up).await
+            }
         };
-        if futures_lite::future::or(send, give_up).await {
+        if sent {
             Ok(())
         } else {
-            Err(self.refuse(target, "cross-core queue full"))
+            Err(self.refuse(target, "cross-core queue full or closed"))
         }
     }
 

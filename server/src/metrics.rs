@@ -135,7 +135,7 @@ pub fn code_name(code: Code) -> &'static str {
 }
 
 /// Metric families: name, type, help. Samples are grouped under them.
-const FAMILIES: [(&str, &str, &str); 17] = [
+const FAMILIES: [(&str, &str, &str); 18] = [
     (
         "grpc_requests_total",
         "counter",
@@ -205,6 +205,11 @@ const FAMILIES: [(&str, &str, &str); 17] = [
         "shardlog_cross_core_inflight",
         "gauge",
         "Calls waiting on another shard.",
+    ),
+    (
+        "shardlog_connections_active",
+        "gauge",
+        "Open gRPC connections.",
     ),
     (
         "shardlog_cross_core_calls_total",
@@ -318,7 +323,12 @@ pub fn render_shard(shard: &ShardContext) -> String {
         }
     }
     let mesh = &shard.mesh;
-    let shard_counters: [(&str, u64); 3] = [
+    let connections = shard
+        .server
+        .get()
+        .map_or(0, |server| server.active_connections());
+    let shard_counters: [(&str, u64); 4] = [
+        ("shardlog_connections_active", connections as u64),
         ("shardlog_cross_core_inflight", mesh.inflight() as u64),
         ("shardlog_cross_core_calls_total", mesh.calls_total()),
         ("shardlog_cross_core_refused_total", mesh.refused_total()),

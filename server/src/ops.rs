@@ -96,6 +96,24 @@ pub enum Op {
     Metrics,
 }
 
+impl Op {
+    /// Topic and partition management, catalog broadcasts and metrics: never
+    /// shed under load (a lost catalog broadcast would leave shards with
+    /// different catalogs).
+    pub fn is_control_plane(&self) -> bool {
+        matches!(
+            self,
+            Op::OpenPartitions { .. }
+                | Op::RemovePartitions { .. }
+                | Op::CatalogUpsert(_)
+                | Op::CatalogRemove(_)
+                | Op::CreateTopic { .. }
+                | Op::DeleteTopic { .. }
+                | Op::Metrics
+        )
+    }
+}
+
 /// A partition as `DescribeTopic` reports it.
 #[derive(Debug, Clone)]
 pub struct PartitionState {

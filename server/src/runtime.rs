@@ -246,6 +246,7 @@ async fn run_shard(
         config.server_config(),
         observer,
     );
+    let _ = shard.server.set(server.clone());
     health.set_serving_status("", ServingStatus::Serving);
     health.set_serving_status("shardlog.v1.Log", ServingStatus::Serving);
     let serving = glommio::spawn_local({

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use crate::catalog::{self, Catalog, TopicMeta, TopicRetention};
 use crate::config::Config;
 use crate::groups::{CommittedOffset, GroupStore, group_owner};
-use crate::mesh::Mesh;
+use crate::mesh::{Admission, Mesh};
 use crate::metrics::ShardMetrics;
 use crate::ops::{Failure, Op, PartitionState, Reply};
 
@@ -51,6 +51,8 @@ pub struct ShardContext {
     catalog_busy: RefCell<Vec<String>>,
     /// Set once shutdown starts.
     pub draining: Cell<bool>,
+    /// This shard's gRPC server, once it serves (for connection metrics).
+    pub server: std::cell::OnceCell<shardlog_wire::server::Server>,
 }
 
 type OpFuture = Pin<Box<dyn Future<Output = Result<Reply, Failure>>>>;
@@ -77,6 +79,7 @@ impl ShardContext {
             round_robin: RefCell::new(HashMap::new()),
             catalog_busy: RefCell::new(Vec::new()),
             draining: Cell::new(false),
+            server: std::cell::OnceCell::new(),
         })
     }
 
@@ -138,10 +141,14 @@ impl ShardContext {
         deadline: Option<Instant>,
     ) -> Result<Reply, Failure> {
         if target == self.id {
-            self.clone().execute(op, deadline).await
-        } else {
-            self.mesh.call(target, op, deadline).await
+            return self.clone().execute(op, deadline).await;
         }
+        let admission = if op.is_control_plane() {
+            Admission::Wait
+        } else {
+            Admission::Shed
+        };
+        self.mesh.call(target, op, deadline, admission).await
     }
 
     /// Calls every shard with the op `make(shard)` builds, concurrently.

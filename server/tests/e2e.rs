@@ -669,6 +669,7 @@ fn metrics_endpoint_reports_calls_and_partitions() {
         "topic=\"m\",partition=\"1\"} 1",
         "shardlog_partition_fsync_latency_us",
         "shardlog_shard_busy_seconds_total{shard=\"1\"}",
+        "shardlog_connections_active{shard=",
     ] {
         assert!(text.contains(needle), "metrics lack {needle:?}:\n{text}");
     }

@@ -361,3 +361,154 @@ fn requests_cross_shards_and_replies_come_back() {
         assert!(calls > 0, "shard {shard} sent no cross-core call:\n{text}");
     }
 }
+
+/// Writes a TOML config into the server's temp area and returns its path.
+fn config_file(contents: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("shardlog.toml");
+    std::fs::write(&path, contents).expect("write config");
+    let path = path.to_str().expect("utf8").to_owned();
+    (dir, path)
+}
+
+#[test]
+fn retention_moves_log_start_and_old_offsets_are_out_of_range() {
+    let (_dir, config) = config_file("[storage]\nretention_check_interval_ms = 100\n");
+    let server = TestServer::start_with(1, &["--config", &config]);
+    let addr = server.addr;
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        let create = pb::CreateTopicRequest {
+            topic: "short".into(),
+            partition_count: 1,
+            retention: Some(pb::RetentionPolicy {
+                retention_bytes: 256 << 10,
+                retention_ms: 0,
+                segment_bytes: 64 << 10,
+            }),
+        };
+        let _: pb::CreateTopicResponse = log.unary("CreateTopic", &create).await.expect("create");
+        let value = Bytes::from(vec![1u8; 8 << 10]);
+        for _ in 0..200 {
+            let record = pb::Record {
+                value: value.clone(),
+                ..common::record(b"")
+            };
+            log.produce(produce_to("short", 0, vec![record]))
+                .await
+                .expect("produce");
+        }
+        let mut log_start = 0;
+        for _ in 0..100 {
+            log_start =
+                log.describe("short").await.expect("describe").partitions[0].log_start_offset;
+            if log_start > 0 {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(log_start > 0, "retention deleted old segments");
+        let description = log.describe("short").await.expect("describe");
+        assert!(
+            description.partitions[0].size_bytes < 1 << 20,
+            "{description:?}"
+        );
+        let message = common::expect_code(
+            log.fetch("short", 0, 0).await,
+            shardlog_wire::Code::OUT_OF_RANGE,
+        );
+        assert!(
+            message.contains("short/0") || message.contains("short"),
+            "{message}"
+        );
+        let first = log
+            .fetch("short", 0, log_start)
+            .await
+            .expect("fetch at log start");
+        assert_eq!(first.records[0].offset, log_start);
+        assert_eq!(first.log_start_offset, log_start);
+    });
+}
+
+#[test]
+fn overload_is_refused_unavailable_and_nothing_refused_is_stored() {
+    let (_dir, config) = config_file("[limits]\ncross_core_inflight_max = 1\n");
+    let server = TestServer::start_with(2, &["--config", &config]);
+    let addr = server.addr;
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        log.create_topic("busy", 4).await.expect("create");
+        let attempts = (0..256u32).map(|i| {
+            let log = log.clone();
+            async move {
+                let value = format!("{i}");
+                let result = log
+                    .produce(produce_to(
+                        "busy",
+                        i % 4,
+                        vec![common::record(value.as_bytes())],
+                    ))
+                    .await;
+                (i, result)
+            }
+        });
+        let mut acknowledged = std::collections::BTreeSet::new();
+        let mut refused = 0;
+        for (i, result) in futures_util::future::join_all(attempts).await {
+            match result {
+                Ok(_) => {
+                    acknowledged.insert(i.to_string().into_bytes());
+                }
+                Err(status) => {
+                    assert_eq!(
+                        status.code(),
+                        shardlog_wire::Code::UNAVAILABLE,
+                        "{status:?}"
+                    );
+                    assert!(
+                        status.message().contains("nothing was written"),
+                        "{status:?}"
+                    );
+                    refused += 1;
+                }
+            }
+        }
+        assert!(
+            refused > 0,
+            "a 1-deep cross-core bound refuses some of 256 concurrent calls"
+        );
+        let mut stored = std::collections::BTreeSet::new();
+        for partition in 0..4 {
+            for record in log.fetch_all("busy", partition, 0).await {
+                stored.insert(record.value.to_vec());
+            }
+        }
+        assert_eq!(
+            stored, acknowledged,
+            "exactly the acknowledged records are stored"
+        );
+    });
+}
+
+#[test]
+fn expired_deadline_is_deadline_exceeded() {
+    let server = TestServer::start(1);
+    let addr = server.addr;
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        log.create_topic("late", 1).await.expect("create");
+        let options = CallOptions {
+            timeout: Some(Duration::from_micros(1)),
+            ..CallOptions::default()
+        };
+        let request = produce_to("late", 0, vec![common::record(b"x")]);
+        let result = log
+            .channel
+            .unary::<_, pb::ProduceResponse>("/shardlog.v1.Log/Produce", &request, options)
+            .await;
+        assert_eq!(
+            result.expect_err("expired").code(),
+            shardlog_wire::Code::DEADLINE_EXCEEDED
+        );
+    });
+}
