@@ -80,6 +80,20 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// HTTP/2 and gRPC transport settings.
     pub transport: TransportConfig,
+    /// Fault injection for tests; never set in production.
+    pub testing: TestingConfig,
+}
+
+/// Test-only fault injection at the engine's storage boundary (io_uring
+/// operations are out of reach of strace and LD_PRELOAD shims).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TestingConfig {
+    /// Only files whose path contains this string get the fdatasync fault.
+    pub fdatasync_eio_path: Option<String>,
+    /// The Nth fdatasync (1-based, per shard, over affected files) and every
+    /// later one return EIO.
+    pub fdatasync_eio_nth: Option<u64>,
 }
 
 /// Defaults for partitions of newly created topics.
@@ -167,6 +181,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             limits: LimitsConfig::default(),
             transport: TransportConfig::default(),
+            testing: TestingConfig::default(),
         }
     }
 }

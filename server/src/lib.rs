@@ -17,6 +17,7 @@ pub mod ops;
 pub mod runtime;
 pub mod service;
 pub mod shard;
+pub mod storage;
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_now_ms() -> i64 {

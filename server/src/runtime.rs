@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
-use shardlog_engine::{DmaStorage, Shard as EngineShard};
+use shardlog_engine::Shard as EngineShard;
+
+use crate::storage::ServerStorage;
 use shardlog_wire::server::{Router, Server};
 use shardlog_wire::services::health::{HealthReporter, ServingStatus};
 use tracing::{error, info, warn};
@@ -218,7 +220,7 @@ async fn run_shard(
         .map_err(|_| fail("joining the mesh failed".into()))?;
     let config = start.config;
     let mesh = Mesh::new(id, senders, config.limits.cross_core_inflight_max);
-    let storage = DmaStorage::default();
+    let storage = ServerStorage::new(&config.testing);
     let engine = EngineShard::new(config.data_dir.clone(), storage);
     let groups =
         GroupStore::load(&config.data_dir, id, config.shards).map_err(|e| fail(e.to_string()))?;

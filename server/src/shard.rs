@@ -13,7 +13,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shardlog_engine::{DmaStorage, PartitionConfig, PartitionId, Shard as EngineShard};
+use shardlog_engine::{PartitionConfig, PartitionId, Shard as EngineShard};
+
+use crate::storage::ServerStorage;
 use shardlog_wire::Code;
 use tracing::{info, warn};
 
@@ -36,7 +38,7 @@ pub struct ShardContext {
     /// The server configuration (read-only).
     pub config: Arc<Config>,
     /// The storage engine's partitions owned here.
-    pub engine: EngineShard<DmaStorage>,
+    pub engine: EngineShard<ServerStorage>,
     /// This shard's copy of the catalog.
     pub catalog: RefCell<Catalog>,
     /// Consumer groups owned here.
@@ -62,7 +64,7 @@ impl ShardContext {
     pub fn new(
         id: usize,
         config: Arc<Config>,
-        engine: EngineShard<DmaStorage>,
+        engine: EngineShard<ServerStorage>,
         catalog: Catalog,
         groups: GroupStore,
         mesh: Rc<Mesh>,
@@ -258,7 +260,7 @@ impl ShardContext {
         &self,
         topic: &str,
         partition: u32,
-    ) -> Result<Rc<shardlog_engine::Partition<DmaStorage>>, Failure> {
+    ) -> Result<Rc<shardlog_engine::Partition<ServerStorage>>, Failure> {
         let target = self.local_partition_any(topic, partition)?;
         if let Some(reason) = target.fault() {
             return Err(Failure::new(
@@ -273,7 +275,7 @@ impl ShardContext {
         &self,
         topic: &str,
         partition: u32,
-    ) -> Result<Rc<shardlog_engine::Partition<DmaStorage>>, Failure> {
+    ) -> Result<Rc<shardlog_engine::Partition<ServerStorage>>, Failure> {
         let id = PartitionId::new(topic, partition);
         self.engine.partition(&id).ok_or_else(|| {
             Failure::new(

@@ -151,6 +151,11 @@ impl TestServer {
         self.spawn();
     }
 
+    /// Replaces the extra command-line flags used by the next (re)start.
+    pub fn set_extra_args(&mut self, extra_args: &[&str]) {
+        self.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
+    }
+
     /// Resident set size of the server process, in KiB.
     pub fn rss_kib(&self) -> u64 {
         let status =
