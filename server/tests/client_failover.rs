@@ -109,7 +109,9 @@ fn resilient_client(addr: SocketAddr) -> Client<GlommioRuntime> {
     Client::new(GlommioRuntime, addr, config).expect("client")
 }
 
-fn run<T: Send + 'static, Fut: Future<Output = T> + 'static>(body: impl FnOnce() -> Fut + Send + 'static) -> T {
+fn run<T: Send + 'static, Fut: Future<Output = T> + 'static>(
+    body: impl FnOnce() -> Fut + Send + 'static,
+) -> T {
     LocalExecutorBuilder::new(Placement::Unbound)
         .spawn(body)
         .expect("executor")
@@ -126,7 +128,11 @@ fn client_failover_server_killed_mid_send_stores_every_ack_exactly_once() {
     assert_eq!(server.addr, addr);
     run(move || async move {
         let client = resilient_client(addr);
-        client.admin().create_topic("fo", PARTITIONS).await.expect("create");
+        client
+            .admin()
+            .create_topic("fo", PARTITIONS)
+            .await
+            .expect("create");
     });
 
     let acked = Arc::new(AtomicU64::new(0));
@@ -176,6 +182,13 @@ fn client_failover_server_killed_mid_send_stores_every_ack_exactly_once() {
             acks.push((value, delivery.await.expect("every record is acknowledged")));
         }
         producer.close().await;
+        let stats = producer.stats();
+        eprintln!("failover producer stats: {stats:?}");
+        assert!(
+            stats.stream_breaks >= KILLS,
+            "every kill broke the stream: {stats:?}"
+        );
+        assert_eq!(stats.batches_failed, 0);
         acks
     });
     done.store(true, Ordering::Release);
@@ -187,7 +200,10 @@ fn client_failover_server_killed_mid_send_stores_every_ack_exactly_once() {
         let client = resilient_client(addr);
         let mut stored = Vec::new();
         for partition in 0..PARTITIONS {
-            let mut consumer = client.consumer("fo", partition, StartAt::Offset(0)).await.expect("consumer");
+            let mut consumer = client
+                .consumer("fo", partition, StartAt::Offset(0))
+                .await
+                .expect("consumer");
             loop {
                 let records = consumer.poll(Duration::ZERO).await.expect("poll");
                 if records.is_empty() {
@@ -205,7 +221,11 @@ fn client_failover_server_killed_mid_send_stores_every_ack_exactly_once() {
     let mut where_stored = std::collections::HashMap::new();
     for (partition, offset, value) in &stored {
         let previous = where_stored.insert(*value, (*partition, *offset));
-        assert!(previous.is_none(), "value {value} stored twice: {previous:?} and {:?}", (partition, offset));
+        assert!(
+            previous.is_none(),
+            "value {value} stored twice: {previous:?} and {:?}",
+            (partition, offset)
+        );
     }
     for (value, ack) in &acks {
         assert_eq!(
@@ -214,9 +234,20 @@ fn client_failover_server_killed_mid_send_stores_every_ack_exactly_once() {
             "acknowledged value {value} is stored where its ack says"
         );
     }
-    assert_eq!(stored.len(), RECORDS as usize, "nothing but the sent records");
+    assert_eq!(
+        stored.len(),
+        RECORDS as usize,
+        "nothing but the sent records"
+    );
     for partition in 0..PARTITIONS {
-        let values: Vec<u32> = stored.iter().filter(|s| s.0 == partition).map(|s| s.2).collect();
-        assert!(values.is_sorted(), "partition {partition} keeps the send order across retries");
+        let values: Vec<u32> = stored
+            .iter()
+            .filter(|s| s.0 == partition)
+            .map(|s| s.2)
+            .collect();
+        assert!(
+            values.is_sorted(),
+            "partition {partition} keeps the send order across retries"
+        );
     }
 }
