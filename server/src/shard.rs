@@ -444,7 +444,10 @@ impl ShardContext {
     }
 
     /// Looks up a topic in this shard's catalog copy.
+    /// A malformed name is INVALID_ARGUMENT (the client must fix it), a
+    /// well-formed unknown one NOT_FOUND.
     pub fn topic(&self, name: &str) -> Result<TopicMeta, Failure> {
+        shardlog_engine::validate_topic_name(name).map_err(Failure::from)?;
         self.catalog
             .borrow()
             .topic(name)
