@@ -199,7 +199,7 @@ impl ShardContext {
                     wait_ms,
                 } => self.read(&topic, partition, offset, limits, wait_ms).await,
                 Op::Describe { topic, partition } => {
-                    let target = self.local_partition_any(&topic, partition)?;
+                    let target = self.local_partition(&topic, partition)?;
                     Ok(Reply::Described(PartitionState {
                         offsets: target.offsets(),
                         size_bytes: target.size_bytes(),
@@ -255,23 +255,11 @@ impl ShardContext {
         })
     }
 
-    /// A partition owned here that takes writes and reads.
+    /// A partition owned here. A faulted partition is still returned: the
+    /// engine decides what it refuses (writes after a storage failure, with
+    /// RESOURCE_EXHAUSTED for a full disk and INTERNAL otherwise; reads only
+    /// after detected corruption).
     fn local_partition(
-        &self,
-        topic: &str,
-        partition: u32,
-    ) -> Result<Rc<shardlog_engine::Partition<ServerStorage>>, Failure> {
-        let target = self.local_partition_any(topic, partition)?;
-        if let Some(reason) = target.fault() {
-            return Err(Failure::new(
-                Code::INTERNAL,
-                format!("partition {topic}/{partition} refuses service: {reason}"),
-            ));
-        }
-        Ok(target)
-    }
-
-    fn local_partition_any(
         &self,
         topic: &str,
         partition: u32,
