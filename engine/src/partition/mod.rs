@@ -1,0 +1,1075 @@
+//! One partition's log: appends, group commit, segment rolls, checkpoints and retention.
+//!
+//! Lives on its shard's executor (`!Send`). An append validates and encodes its batch into the
+//! tail buffer synchronously (so offset order is append-call order), then asks the flusher for
+//! a sync. The flusher is one detached task per partition at a time: it runs sync rounds
+//! (write every buffered chunk, one fdatasync, publish the new durable point) while anyone is
+//! waiting, then exits. Appends that arrive during a round are covered by the next one: group
+//! commit without timers. State changes that await I/O (rounds, rolls, checkpoints) happen only
+//! in the flusher, which callers cannot cancel; callers only wait on notifications.
+
+mod open;
+mod read;
+mod tail;
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::rc::{Rc, Weak};
+use std::task::Poll;
+use std::time::Instant;
+
+use crate::checkpoint::{CHECKPOINT_FILE, CHECKPOINT_TMP_FILE, Checkpoint};
+use crate::error::{EngineError, Result};
+use crate::format::{BATCH_BYTES_MAX, BATCH_RECORDS_MAX, batch_encoded_bytes, encode_batch_into};
+use crate::notify::Notify;
+use crate::producer::{ProducerBatch, ProducerTable, SequenceCheck};
+use crate::segment::{
+    IndexEntry, Segment, align_up, index_file_name, segment_file_name, write_whole_file,
+};
+use crate::storage::{IO_REQUEST_BYTES_MAX, IoBuffer, OpenMode, Storage, StorageFile};
+use crate::types::{
+    AckLevel, AppendBatch, Appended, Offsets, PartitionConfig, PartitionId, PartitionStats,
+};
+
+use tail::{Round, Tail};
+
+/// Unsynced bytes a partition buffers before appends wait for a sync (backpressure).
+pub(crate) const UNSYNCED_BYTES_MAX: u64 = 8 * 1024 * 1024;
+/// Size of one background zero-fill step of the active segment.
+const PREZERO_WRITE_BYTES: usize = 1024 * 1024;
+/// A new segment starts with this much zero-filled (synchronously, before first use); the
+/// background zero-fill runs once the writer is closer than this to the zero-filled end.
+pub(crate) const PREZERO_GAP_BYTES: u64 = 256 * 1024;
+/// Rounds at least this large skip zero-filling: the fixed cost of allocating blocks at
+/// sync time (~80 us on the reference disk) is small next to their transfer time, and
+/// zero-filling would double their disk traffic.
+const PREZERO_ROUND_BYTES_MAX: u64 = 256 * 1024;
+
+const _: () = assert!(BATCH_BYTES_MAX as u64 <= UNSYNCED_BYTES_MAX);
+const _: () = assert!(PREZERO_WRITE_BYTES <= IO_REQUEST_BYTES_MAX);
+
+/// Why the partition refuses service.
+#[derive(Debug, Clone)]
+struct Fault {
+    reason: String,
+    /// Reads are refused too (detected corruption); otherwise durable data stays readable.
+    reads_refused: bool,
+    /// The failure was ENOSPC: appends report [`EngineError::NoSpace`].
+    no_space: Option<(&'static str, PathBuf)>,
+}
+
+struct State<F: StorageFile> {
+    segments: VecDeque<Segment<F>>,
+    tail: Tail<F::Buffer>,
+    log_end: u64,
+    durable_offset: u64,
+    /// Durable byte position in the active segment.
+    durable_pos: u64,
+    /// Highest offset someone asked to make durable.
+    sync_wanted: u64,
+    flusher_running: bool,
+    roll_wanted: bool,
+    fault: Option<Fault>,
+    closed: bool,
+    producers: ProducerTable,
+    /// The active segment is zero-filled and synced up to here.
+    prezeroed_to: u64,
+    /// Start of the zero-fill in flight, if any.
+    zeroing: Option<u64>,
+    /// Bytes made durable by the last sync round.
+    last_round_bytes: u64,
+    /// A checkpoint is being written (they are serialized: one temp file name).
+    checkpoint_running: bool,
+    /// The last published round's buffers (active segment): tail reads come from here.
+    recent_writes: Vec<(u64, Rc<F::Buffer>)>,
+    /// Where the last read of the active segment stopped: (segment base, offset, position),
+    /// so a tailing reader resumes there instead of at the previous index entry.
+    read_hint: Option<(u64, u64, u64)>,
+    /// Tasks to spawn once the state borrow is released (see `Partition::kick`).
+    spawn_flusher: bool,
+    spawn_zero_fill: Option<(Rc<F>, PathBuf, u64, u64)>,
+    durable_bytes_since_checkpoint: u64,
+    stats: PartitionStats,
+}
+
+impl<F: StorageFile> State<F> {
+    fn active(&self) -> &Segment<F> {
+        self.segments
+            .back()
+            .expect("a partition always has an active segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment<F> {
+        self.segments
+            .back_mut()
+            .expect("a partition always has an active segment")
+    }
+
+    fn unsynced_bytes(&self) -> u64 {
+        self.tail.written_pos() - self.durable_pos
+    }
+}
+
+/// What an append attempt did.
+enum Attempt {
+    Done(Appended),
+    Wait,
+}
+
+/// A partition's log. Obtain one from [`crate::Shard::open_partition`].
+pub struct Partition<S: Storage> {
+    id: PartitionId,
+    dir: PathBuf,
+    config: PartitionConfig,
+    storage: Rc<S>,
+    me: Weak<Partition<S>>,
+    state: RefCell<State<S::File>>,
+    /// Signalled when the durable point moves, a roll ends, or the partition faults or closes.
+    changed: Notify,
+}
+
+impl<S: Storage> Partition<S> {
+    /// The partition's id.
+    pub fn id(&self) -> &PartitionId {
+        &self.id
+    }
+
+    /// The partition's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Log start, log end and durable offsets.
+    pub fn offsets(&self) -> Offsets {
+        let st = self.state.borrow();
+        let log_start = st.segments.front().map_or(st.log_end, |s| s.base_offset);
+        Offsets {
+            log_start,
+            log_end: st.log_end,
+            durable: st.durable_offset,
+        }
+    }
+
+    /// Bytes of log on disk (sum of the segments' data).
+    pub fn size_bytes(&self) -> u64 {
+        self.state
+            .borrow()
+            .segments
+            .iter()
+            .map(|s| s.data_bytes)
+            .sum()
+    }
+
+    /// Why the partition refuses service, if it does.
+    pub fn fault(&self) -> Option<String> {
+        self.state.borrow().fault.as_ref().map(|f| f.reason.clone())
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> PartitionStats {
+        self.state.borrow().stats
+    }
+
+    fn faulted(&self, f: &Fault) -> EngineError {
+        match &f.no_space {
+            Some((op, path)) => EngineError::NoSpace {
+                op,
+                path: path.clone(),
+            },
+            None => EngineError::PartitionFaulted {
+                partition: self.id.clone(),
+                reason: f.reason.clone(),
+            },
+        }
+    }
+
+    /// Stops all further writes (and reads when `reads_refused`); fails every waiting ack.
+    fn set_fault(&self, reason: String, reads_refused: bool) {
+        self.set_fault_with(Fault {
+            reason,
+            reads_refused,
+            no_space: None,
+        });
+    }
+
+    fn set_fault_with(&self, fault: Fault) {
+        {
+            let mut st = self.state.borrow_mut();
+            if st.fault.is_none() {
+                tracing::error!(partition = %self.id, reason = %fault.reason, "partition faulted");
+                st.fault = Some(fault);
+            }
+        }
+        self.changed.notify_all();
+    }
+
+    /// Appends a batch; resolves per `ack` (see [`AckLevel`]). A retry of an idempotent batch
+    /// already appended returns its original offsets with `duplicate: true`.
+    ///
+    /// Cost: one encode into the write buffer; for `Durable`, one share of a group fdatasync.
+    pub async fn append(&self, batch: AppendBatch, ack: AckLevel) -> Result<Appended> {
+        let batch_bytes = self.validate(&batch)?;
+        loop {
+            let wait = self.changed.wait();
+            let attempt = self.try_append(&batch, batch_bytes);
+            self.kick();
+            match attempt? {
+                Attempt::Done(appended) => {
+                    if ack == AckLevel::Durable {
+                        self.wait_durable(appended.base_offset + u64::from(appended.record_count))
+                            .await?;
+                    }
+                    return Ok(appended);
+                }
+                Attempt::Wait => wait.await,
+            }
+        }
+    }
+
+    fn validate(&self, batch: &AppendBatch) -> Result<usize> {
+        if batch.records.is_empty() {
+            return Err(EngineError::EmptyBatch {
+                partition: self.id.clone(),
+            });
+        }
+        let batch_bytes = batch_encoded_bytes(&batch.records);
+        if batch_bytes > BATCH_BYTES_MAX || batch.records.len() > BATCH_RECORDS_MAX {
+            return Err(EngineError::BatchTooLarge {
+                partition: self.id.clone(),
+                batch_bytes,
+                record_count: batch.records.len(),
+                batch_bytes_max: BATCH_BYTES_MAX,
+            });
+        }
+        Ok(batch_bytes)
+    }
+
+    /// Everything up to the encode, with no await: offsets follow call order.
+    fn try_append(&self, batch: &AppendBatch, batch_bytes: usize) -> Result<Attempt> {
+        let mut st = self.state.borrow_mut();
+        if st.closed {
+            return Err(EngineError::Closed {
+                partition: self.id.clone(),
+            });
+        }
+        if let Some(f) = &st.fault {
+            return Err(self.faulted(f));
+        }
+        let record_count = batch.records.len() as u32;
+        if let Some(p) = batch.producer {
+            match st.producers.check(p.producer_id, p.sequence, record_count) {
+                SequenceCheck::Fresh => {}
+                SequenceCheck::Duplicate(b) => {
+                    st.stats.duplicate_batches += 1;
+                    let appended = Appended {
+                        base_offset: b.base_offset,
+                        record_count,
+                        duplicate: true,
+                    };
+                    self.request_sync(&mut st, b.base_offset + u64::from(record_count));
+                    return Ok(Attempt::Done(appended));
+                }
+                SequenceCheck::Gap { expected } => {
+                    let (partition, producer_id, got) =
+                        (self.id.clone(), p.producer_id, p.sequence);
+                    return Err(EngineError::SequenceGap {
+                        partition,
+                        producer_id,
+                        expected,
+                        got,
+                    });
+                }
+                SequenceCheck::Stale { expected } => {
+                    let (partition, producer_id, got) =
+                        (self.id.clone(), p.producer_id, p.sequence);
+                    return Err(EngineError::StaleSequence {
+                        partition,
+                        producer_id,
+                        expected,
+                        got,
+                    });
+                }
+            }
+        }
+        if st.roll_wanted {
+            self.ensure_flusher(&mut st);
+            return Ok(Attempt::Wait);
+        }
+        if self.roll_due(&st, batch_bytes) {
+            st.roll_wanted = true;
+            self.ensure_flusher(&mut st);
+            return Ok(Attempt::Wait);
+        }
+        let unsynced = st.unsynced_bytes();
+        if unsynced > 0 && unsynced + batch_bytes as u64 > UNSYNCED_BYTES_MAX {
+            let end = st.log_end;
+            self.request_sync(&mut st, end);
+            return Ok(Attempt::Wait);
+        }
+        let appended = self.encode(&mut st, batch, batch_bytes);
+        self.maybe_prezero(&mut st);
+        let end = appended.base_offset + u64::from(record_count);
+        self.request_sync(&mut st, end);
+        Ok(Attempt::Done(appended))
+    }
+
+    fn roll_due(&self, st: &State<S::File>, batch_bytes: usize) -> bool {
+        let active = st.active();
+        if active.data_bytes == 0 {
+            return false;
+        }
+        let full = active.data_bytes + batch_bytes as u64 > self.config.segment_bytes_max;
+        let age_ms = self.storage.now_ms().saturating_sub(active.created_ms);
+        full || age_ms >= i64::try_from(self.config.segment_age_ms_max).unwrap_or(i64::MAX)
+    }
+
+    fn encode(&self, st: &mut State<S::File>, batch: &AppendBatch, batch_bytes: usize) -> Appended {
+        let base_offset = st.log_end;
+        let file = st.active().file.clone();
+        let (out, pos) = st.tail.reserve(&*file, batch_bytes);
+        let written = encode_batch_into(out, base_offset, batch.producer, &batch.records);
+        assert_eq!(written, batch_bytes);
+        st.tail.commit(written);
+        let record_count = batch.records.len() as u32;
+        let max_ts = batch
+            .records
+            .iter()
+            .map(|r| r.timestamp_ms)
+            .max()
+            .unwrap_or(i64::MIN);
+        let interval = self.config.index_interval_bytes;
+        let active = st.active_mut();
+        assert_eq!(
+            active.data_bytes, pos,
+            "tail and segment disagree on the write position"
+        );
+        active.data_bytes += written as u64;
+        active.next_offset += u64::from(record_count);
+        active.max_timestamp_ms = active.max_timestamp_ms.max(max_ts);
+        let entry = IndexEntry {
+            offset: base_offset,
+            pos,
+            max_timestamp_ms: active.max_timestamp_ms,
+        };
+        active.index.maybe_add(entry, interval);
+        st.log_end += u64::from(record_count);
+        // Recovery's torn-tail zone relies on this bound (see partition/open.rs).
+        assert!(
+            st.unsynced_bytes() <= UNSYNCED_BYTES_MAX,
+            "unsynced bytes over the bound"
+        );
+        if let Some(p) = batch.producer {
+            let b = ProducerBatch {
+                sequence: p.sequence,
+                record_count,
+                base_offset,
+            };
+            st.producers.record(p.producer_id, b);
+        }
+        st.stats.appended_records += u64::from(record_count);
+        st.stats.appended_bytes += written as u64;
+        Appended {
+            base_offset,
+            record_count,
+            duplicate: false,
+        }
+    }
+
+    fn request_sync(&self, st: &mut State<S::File>, offset: u64) {
+        st.sync_wanted = st.sync_wanted.max(offset);
+        if offset > st.durable_offset {
+            self.ensure_flusher(st);
+        }
+    }
+
+    fn ensure_flusher(&self, st: &mut State<S::File>) {
+        if st.flusher_running || st.fault.is_some() {
+            return;
+        }
+        st.flusher_running = true;
+        st.spawn_flusher = true;
+    }
+
+    /// Spawns the tasks requested while the state was borrowed (a spawned task may run before
+    /// `spawn` returns, so spawning under a borrow is never done).
+    fn kick(&self) {
+        let (flusher, zero_fill) = {
+            let mut st = self.state.borrow_mut();
+            (
+                std::mem::take(&mut st.spawn_flusher),
+                st.spawn_zero_fill.take(),
+            )
+        };
+        let Some(me) = self.me.upgrade() else { return };
+        if let Some((file, path, start, len)) = zero_fill {
+            let me = me.clone();
+            self.storage
+                .spawn_background(async move { me.run_zero_fill(file, path, start, len).await });
+        }
+        if flusher {
+            glommio::spawn_local(async move { me.flusher().await }).detach();
+        }
+    }
+
+    /// Waits until `offset` is durable; fails if the partition faults or closes first.
+    async fn wait_durable(&self, offset: u64) -> Result<()> {
+        loop {
+            let wait = self.changed.wait();
+            {
+                let st = self.state.borrow();
+                if st.durable_offset >= offset {
+                    return Ok(());
+                }
+                if let Some(f) = &st.fault {
+                    return Err(self.faulted(f));
+                }
+                if st.closed && !st.flusher_running {
+                    return Err(EngineError::Closed {
+                        partition: self.id.clone(),
+                    });
+                }
+            }
+            wait.await;
+        }
+    }
+
+    /// Resolves once the durable offset is past `offset`, or the partition faults or closes.
+    pub async fn wait_for_durable_beyond(&self, offset: u64) {
+        loop {
+            let wait = self.changed.wait();
+            {
+                let st = self.state.borrow();
+                if st.durable_offset > offset || st.fault.is_some() || st.closed {
+                    return;
+                }
+            }
+            wait.await;
+        }
+    }
+
+    /// Makes everything appended so far durable; returns the durable offset.
+    pub async fn sync(&self) -> Result<u64> {
+        let end = {
+            let mut st = self.state.borrow_mut();
+            if let Some(f) = &st.fault {
+                return Err(self.faulted(f));
+            }
+            let end = st.log_end;
+            self.request_sync(&mut st, end);
+            end
+        };
+        self.kick();
+        self.wait_durable(end).await?;
+        Ok(self.state.borrow().durable_offset)
+    }
+
+    // ---- the flusher -------------------------------------------------------------------
+
+    async fn flusher(self: Rc<Self>) {
+        loop {
+            let job = {
+                let mut st = self.state.borrow_mut();
+                let job = if st.fault.is_some() {
+                    None
+                } else if st.roll_wanted {
+                    Some(Job::Roll)
+                } else if st.sync_wanted > st.durable_offset {
+                    Some(Job::Sync)
+                } else if st.durable_bytes_since_checkpoint >= self.config.checkpoint_interval_bytes
+                    && !st.checkpoint_running
+                {
+                    st.checkpoint_running = true;
+                    Some(Job::Checkpoint)
+                } else {
+                    None
+                };
+                if job.is_none() {
+                    st.flusher_running = false;
+                }
+                job
+            };
+            let result = match job {
+                None => break,
+                Some(Job::Sync) => self.sync_rounds().await,
+                Some(Job::Roll) => self.roll().await,
+                Some(Job::Checkpoint) => {
+                    self.spawn_checkpoint(self.clone());
+                    Ok(())
+                }
+            };
+            if let Err(e) = result {
+                let no_space = match &e {
+                    EngineError::NoSpace { op, path } => Some((*op, path.clone())),
+                    _ => None,
+                };
+                self.set_fault_with(Fault {
+                    reason: e.to_string(),
+                    reads_refused: false,
+                    no_space,
+                });
+            }
+        }
+        self.changed.notify_all();
+    }
+
+    /// Runs sync rounds while anyone wants more data durable, pipelined: round k+1's writes
+    /// are issued while round k's fdatasync is in flight, so the device never idles during a
+    /// sync. Round k is published only after its own fdatasync, which was issued after all
+    /// of its writes completed. Round k+1 may rewrite round k's partial last page during that
+    /// fdatasync; the rewrite carries the same bytes for round k's part.
+    async fn sync_rounds(&self) -> Result<()> {
+        let mut written: Option<Written<<S::File as StorageFile>::Buffer>> = None;
+        loop {
+            let next = self.take_wanted_round(written.as_ref());
+            let (file, path) = {
+                let st = self.state.borrow();
+                (st.active().file.clone(), st.active().path.clone())
+            };
+            match (written.take(), next) {
+                (None, None) => return Ok(()),
+                (None, Some(round)) => {
+                    written = Some(self.write_round(&*file, &path, round).await?)
+                }
+                (Some(w), None) => {
+                    fdatasync(&*file, &path).await?;
+                    self.publish(w);
+                    // Let the appenders just released append again before the next round.
+                    crate::notify::yield_once().await;
+                }
+                (Some(w), Some(round)) => {
+                    let (synced, next_written) = futures_lite::future::zip(
+                        fdatasync(&*file, &path),
+                        self.write_round(&*file, &path, round),
+                    )
+                    .await;
+                    synced?;
+                    self.publish(w);
+                    written = Some(next_written?);
+                }
+            }
+        }
+    }
+
+    /// The next round, if there is new data and someone wants more than is already written.
+    fn take_wanted_round(
+        &self,
+        written: Option<&Written<<S::File as StorageFile>::Buffer>>,
+    ) -> Option<(Round<<S::File as StorageFile>::Buffer>, u64)> {
+        let mut st = self.state.borrow_mut();
+        let (covered_pos, covered_offset) = written
+            .map_or((st.durable_pos, st.durable_offset), |w| {
+                (w.end_pos, w.end_offset)
+            });
+        if st.sync_wanted <= covered_offset {
+            return None;
+        }
+        let file = st.active().file.clone();
+        let end_offset = st.log_end;
+        let round = st.tail.take_round(&*file, covered_pos);
+        if round.is_none() && written.is_none() {
+            // Nothing new in the tail: everything appended is already durable.
+            st.durable_offset = end_offset;
+        }
+        round.map(|r| (r, end_offset))
+    }
+
+    async fn write_round(
+        &self,
+        file: &S::File,
+        path: &Path,
+        (round, end_offset): (Round<<S::File as StorageFile>::Buffer>, u64),
+    ) -> Result<Written<<S::File as StorageFile>::Buffer>> {
+        self.wait_zeroing_clear(round.end_pos).await;
+        let started = Instant::now();
+        let Round { writes, end_pos } = round;
+        let kept = writes.clone();
+        write_all(file, writes)
+            .await
+            .map_err(|e| EngineError::io("write", path, e))?;
+        Ok(Written {
+            end_pos,
+            end_offset,
+            started,
+            writes: kept,
+        })
+    }
+
+    /// Publishes a written and fdatasynced round: moves the durable point, wakes waiters.
+    fn publish(&self, w: Written<<S::File as StorageFile>::Buffer>) {
+        let latency_us = u64::try_from(w.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        {
+            let mut st = self.state.borrow_mut();
+            assert!(w.end_pos >= st.durable_pos && w.end_offset >= st.durable_offset);
+            st.durable_bytes_since_checkpoint += w.end_pos - st.durable_pos;
+            st.last_round_bytes = w.end_pos - st.durable_pos;
+            st.durable_pos = w.end_pos;
+            st.durable_offset = w.end_offset;
+            st.recent_writes = w.writes;
+            st.stats.syncs += 1;
+            st.stats.last_sync_latency_us = latency_us;
+            st.stats.sync_latency_us_max = st.stats.sync_latency_us_max.max(latency_us);
+        }
+        self.changed.notify_all();
+    }
+
+    /// Seals the active segment and starts the next one. Appends wait while `roll_wanted`.
+    async fn roll(&self) -> Result<()> {
+        {
+            let mut st = self.state.borrow_mut();
+            st.sync_wanted = st.log_end;
+        }
+        loop {
+            let pending = {
+                let st = self.state.borrow();
+                st.durable_offset < st.log_end || !st.tail.sealed.is_empty()
+            };
+            if !pending {
+                break;
+            }
+            self.sync_rounds().await?;
+        }
+        self.seal_active().await?;
+        self.start_segment().await?;
+        self.write_checkpoint().await?;
+        {
+            let mut st = self.state.borrow_mut();
+            st.roll_wanted = false;
+            st.stats.segment_rolls += 1;
+        }
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// Cuts the pre-zeroed slack, fdatasyncs and writes the sealed segment's index file.
+    async fn seal_active(&self) -> Result<()> {
+        self.wait_zeroing_clear(0).await;
+        let (file, path, image) = {
+            let st = self.state.borrow();
+            let a = st.active();
+            (
+                a.file.clone(),
+                a.path.clone(),
+                a.index_image(a.data_bytes, a.next_offset),
+            )
+        };
+        file.truncate(image.data_bytes)
+            .await
+            .map_err(|e| EngineError::io("truncate", &path, e))?;
+        file.fdatasync()
+            .await
+            .map_err(|e| EngineError::io("fdatasync", &path, e))?;
+        let index_path = self.dir.join(index_file_name(image.base_offset));
+        let index_file = self
+            .open_file(&index_path, OpenMode::CreateTruncate)
+            .await?;
+        write_whole_file(&index_file, &image.encode())
+            .await
+            .map_err(|e| EngineError::io("write index", &index_path, e))?;
+        let mut st = self.state.borrow_mut();
+        st.active_mut().sealed = true;
+        Ok(())
+    }
+
+    /// Creates the next segment and points the tail at it.
+    async fn start_segment(&self) -> Result<()> {
+        let base_offset = self.state.borrow().log_end;
+        let path = self.dir.join(segment_file_name(base_offset));
+        let file = Rc::new(self.open_file(&path, OpenMode::CreateTruncate).await?);
+        let prezeroed_to = self.prezero_new_segment(&*file, &path).await?;
+        self.sync_dir().await?;
+        let now_ms = self.storage.now_ms();
+        let mut st = self.state.borrow_mut();
+        st.tail = Tail::new(&*file, 0, &[]);
+        st.durable_pos = 0;
+        st.prezeroed_to = prezeroed_to;
+        st.recent_writes.clear();
+        st.read_hint = None;
+        st.segments
+            .push_back(new_segment(base_offset, path, file, now_ms));
+        Ok(())
+    }
+
+    /// Keeps the active segment zero-filled (written and synced) ahead of the write position,
+    /// in the background, so syncs never pay for allocating blocks or converting unwritten
+    /// extents. Rounds that would overlap a zero-fill in flight wait for it.
+    fn maybe_prezero(&self, st: &mut State<S::File>) {
+        if !self.config.prezero_segments || st.zeroing.is_some() || st.closed || st.fault.is_some()
+        {
+            return;
+        }
+        if st.last_round_bytes >= PREZERO_ROUND_BYTES_MAX {
+            return;
+        }
+        let written = align_up(st.tail.written_pos());
+        let limit = align_up(self.config.segment_bytes_max);
+        if st.prezeroed_to >= written + PREZERO_GAP_BYTES {
+            return; // enough zero-filled space ahead
+        }
+        // Contiguous with the zero-filled part while the writer is inside it; after a burst of
+        // big rounds outran it, restart a gap ahead so imminent rounds need not wait.
+        let start = if st.prezeroed_to >= written {
+            st.prezeroed_to
+        } else {
+            written + PREZERO_GAP_BYTES
+        };
+        if start >= limit {
+            return;
+        }
+        let len = (limit - start).min(PREZERO_WRITE_BYTES as u64);
+        st.zeroing = Some(start);
+        st.spawn_zero_fill = Some((
+            st.active().file.clone(),
+            st.active().path.clone(),
+            start,
+            len,
+        ));
+    }
+
+    async fn run_zero_fill(&self, file: Rc<S::File>, path: PathBuf, start: u64, len: u64) {
+        let result = zero_fill(&*file, start, len).await;
+        {
+            let mut st = self.state.borrow_mut();
+            st.zeroing = None;
+            match result {
+                Ok(()) if Rc::ptr_eq(&st.active().file, &file) => st.prezeroed_to = start + len,
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::warn!(partition = %self.id, path = ?path, error = %e, "zero-fill failed")
+                }
+            }
+        }
+        self.changed.notify_all();
+    }
+
+    /// Zero-fills the start of a new segment (when enabled); returns how much.
+    pub(crate) async fn prezero_new_segment(&self, file: &S::File, path: &Path) -> Result<u64> {
+        prezero_new_segment(&self.config, file, path).await
+    }
+
+    /// Waits while a zero-fill in flight starts before `end_pos` (the round would overlap it).
+    async fn wait_zeroing_clear(&self, end_pos: u64) {
+        loop {
+            let wait = self.changed.wait();
+            if self
+                .state
+                .borrow()
+                .zeroing
+                .is_none_or(|start| start >= align_up(end_pos))
+            {
+                return;
+            }
+            wait.await;
+        }
+    }
+
+    /// Writes a periodic checkpoint off the flusher (rounds go on meanwhile); the caller has
+    /// set `checkpoint_running`.
+    fn spawn_checkpoint(&self, me: Rc<Self>) {
+        self.storage.spawn_background(async move {
+            let written = me.checkpoint_body().await;
+            me.state.borrow_mut().checkpoint_running = false;
+            me.changed.notify_all();
+            if let Err(e) = written {
+                me.set_fault(e.to_string(), false);
+            }
+        });
+    }
+
+    /// Writes the checkpoint once no other checkpoint is being written.
+    async fn write_checkpoint(&self) -> Result<()> {
+        loop {
+            let wait = self.changed.wait();
+            {
+                let mut st = self.state.borrow_mut();
+                if !st.checkpoint_running {
+                    st.checkpoint_running = true;
+                    break;
+                }
+            }
+            wait.await;
+        }
+        let written = self.checkpoint_body().await;
+        self.state.borrow_mut().checkpoint_running = false;
+        self.changed.notify_all();
+        written
+    }
+
+    /// Snapshots the durable state and writes it: temp file, fdatasync, rename, directory
+    /// fsync. The snapshot is taken without awaiting, so it is one consistent durable point.
+    async fn checkpoint_body(&self) -> Result<()> {
+        let (cp, flushed) = {
+            let st = self.state.borrow();
+            let a = st.active();
+            let cp = Checkpoint {
+                segment_base: a.base_offset,
+                durable_pos: st.durable_pos,
+                durable_offset: st.durable_offset,
+                segment_created_ms: a.created_ms,
+                producers: st.producers.snapshot(st.durable_offset),
+                active_index: a.index_image(st.durable_pos, st.durable_offset),
+            };
+            (cp, st.durable_bytes_since_checkpoint)
+        };
+        let tmp = self.dir.join(CHECKPOINT_TMP_FILE);
+        let file = self.open_file(&tmp, OpenMode::CreateTruncate).await?;
+        write_whole_file(&file, &cp.encode())
+            .await
+            .map_err(|e| EngineError::io("write checkpoint", &tmp, e))?;
+        let dest = self.dir.join(CHECKPOINT_FILE);
+        self.storage
+            .rename(&tmp, &dest)
+            .await
+            .map_err(|e| EngineError::io("rename", &tmp, e))?;
+        self.sync_dir().await?;
+        let mut st = self.state.borrow_mut();
+        st.durable_bytes_since_checkpoint =
+            st.durable_bytes_since_checkpoint.saturating_sub(flushed);
+        st.stats.checkpoints += 1;
+        Ok(())
+    }
+
+    async fn open_file(&self, path: &Path, mode: OpenMode) -> Result<S::File> {
+        self.storage
+            .open(path, mode)
+            .await
+            .map_err(|e| EngineError::io("open", path, e))
+    }
+
+    async fn sync_dir(&self) -> Result<()> {
+        self.storage
+            .sync_dir(&self.dir)
+            .await
+            .map_err(|e| EngineError::io("fsync dir", &self.dir, e))
+    }
+
+    // ---- retention, close, remove ------------------------------------------------------
+
+    /// Deletes whole sealed segments beyond the size or age limits; returns how many.
+    /// The active segment is never deleted; the log start moves to the first kept segment.
+    pub async fn enforce_retention(&self, now_ms: i64) -> Result<u64> {
+        let doomed = self.take_expired_segments(now_ms);
+        let count = doomed.len() as u64;
+        for (base, path) in &doomed {
+            self.storage
+                .remove_file(path)
+                .await
+                .map_err(|e| EngineError::io("remove", path, e))?;
+            let index = self.dir.join(index_file_name(*base));
+            if let Err(e) = self.storage.remove_file(&index).await
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                return Err(EngineError::io("remove", &index, e));
+            }
+        }
+        if count > 0 {
+            self.sync_dir().await?;
+        }
+        Ok(count)
+    }
+
+    fn take_expired_segments(&self, now_ms: i64) -> Vec<(u64, PathBuf)> {
+        let mut st = self.state.borrow_mut();
+        let mut total: u64 = st.segments.iter().map(|s| s.data_bytes).sum();
+        let mut doomed = Vec::new();
+        while st.segments.len() > 1 {
+            let oldest = &st.segments[0];
+            let over_size = self
+                .config
+                .retention_bytes_max
+                .is_some_and(|max| total > max);
+            let age_max = self
+                .config
+                .retention_age_ms_max
+                .map(|a| i64::try_from(a).unwrap_or(i64::MAX));
+            let too_old =
+                age_max.is_some_and(|max| now_ms.saturating_sub(oldest.max_timestamp_ms) > max);
+            if !(over_size || too_old) {
+                break;
+            }
+            let Some(segment) = st.segments.pop_front() else {
+                break;
+            };
+            assert!(segment.sealed, "retention reached the active segment");
+            total -= segment.data_bytes;
+            doomed.push((segment.base_offset, segment.path));
+        }
+        st.stats.segments_deleted += doomed.len() as u64;
+        doomed
+    }
+
+    /// Syncs everything, writes a checkpoint and refuses further appends.
+    pub(crate) async fn close(&self) -> Result<()> {
+        let healthy = self.state.borrow().fault.is_none();
+        let synced = if healthy {
+            self.sync().await.map(|_| ())
+        } else {
+            Ok(())
+        };
+        self.state.borrow_mut().closed = true;
+        self.changed.notify_all();
+        self.wait_idle().await;
+        synced?;
+        if healthy {
+            self.write_checkpoint().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until no flusher, zero-fill or checkpoint is running.
+    pub(crate) async fn wait_idle(&self) {
+        loop {
+            let wait = self.changed.wait();
+            {
+                let st = self.state.borrow();
+                if !st.flusher_running && st.zeroing.is_none() && !st.checkpoint_running {
+                    return;
+                }
+            }
+            wait.await;
+        }
+    }
+
+    /// Waits for background work (flusher, zero-fill) to finish; for tests that drop a
+    /// partition and simulate a crash.
+    #[doc(hidden)]
+    pub async fn wait_idle_for_tests(&self) {
+        self.wait_idle().await
+    }
+
+    /// Marks the partition closed and deletes its files and directory (and the topic's
+    /// directory when this was its last partition).
+    pub(crate) async fn destroy(&self) -> Result<()> {
+        self.state.borrow_mut().closed = true;
+        self.changed.notify_all();
+        self.wait_idle().await;
+        let names = self
+            .storage
+            .list_dir(&self.dir)
+            .await
+            .map_err(|e| EngineError::io("list", &self.dir, e))?;
+        for name in names {
+            let path = self.dir.join(name);
+            self.storage
+                .remove_file(&path)
+                .await
+                .map_err(|e| EngineError::io("remove", &path, e))?;
+        }
+        self.storage
+            .remove_dir(&self.dir)
+            .await
+            .map_err(|e| EngineError::io("remove dir", &self.dir, e))?;
+        let Some(topic_dir) = self.dir.parent() else {
+            return Ok(());
+        };
+        // The topic's directory goes with its last partition (ENOTEMPTY otherwise: keep it).
+        let synced = match self.storage.remove_dir(topic_dir).await {
+            Ok(()) => topic_dir.parent().unwrap_or(topic_dir),
+            Err(_) => topic_dir,
+        };
+        self.storage
+            .sync_dir(synced)
+            .await
+            .map_err(|e| EngineError::io("fsync dir", synced, e))
+    }
+}
+
+/// A round whose writes completed and whose fdatasync is pending.
+struct Written<B> {
+    end_pos: u64,
+    end_offset: u64,
+    started: Instant,
+    /// The round's buffers, kept after publishing so tailing readers read them from memory.
+    writes: Vec<(u64, Rc<B>)>,
+}
+
+/// fdatasync, never retried: after a failure the kernel may have dropped the dirty pages.
+async fn fdatasync<F: StorageFile>(file: &F, path: &Path) -> Result<()> {
+    file.fdatasync()
+        .await
+        .map_err(|e| EngineError::io("fdatasync", path, e))
+}
+
+enum Job {
+    Sync,
+    Roll,
+    Checkpoint,
+}
+
+fn new_segment<F: StorageFile>(
+    base_offset: u64,
+    path: PathBuf,
+    file: Rc<F>,
+    now_ms: i64,
+) -> Segment<F> {
+    Segment {
+        base_offset,
+        path,
+        file,
+        data_bytes: 0,
+        next_offset: base_offset,
+        max_timestamp_ms: i64::MIN,
+        created_ms: now_ms,
+        index: Default::default(),
+        mapped: None,
+        sealed: false,
+    }
+}
+
+/// Zero-fills the first [`PREZERO_GAP_BYTES`] of a new segment (when enabled).
+pub(crate) async fn prezero_new_segment<F: StorageFile>(
+    config: &PartitionConfig,
+    file: &F,
+    path: &Path,
+) -> Result<u64> {
+    if !config.prezero_segments {
+        return Ok(0);
+    }
+    let len = PREZERO_GAP_BYTES.min(align_up(config.segment_bytes_max));
+    zero_fill(file, 0, len)
+        .await
+        .map_err(|e| EngineError::io("prezero", path, e))?;
+    Ok(len)
+}
+
+/// Writes `len` zero bytes at `pos` (one request) and fdatasyncs.
+async fn zero_fill<F: StorageFile>(file: &F, pos: u64, len: u64) -> io::Result<()> {
+    assert!(len as usize <= IO_REQUEST_BYTES_MAX);
+    let mut buf = file.alloc_buffer(len as usize);
+    buf.as_bytes_mut().fill(0);
+    file.write_at(Rc::new(buf), pos).await?;
+    file.fdatasync().await
+}
+
+type WriteFuture<'a> = Pin<Box<dyn Future<Output = io::Result<()>> + 'a>>;
+
+/// Issues every write of a round at once and waits for all; the first error wins.
+async fn write_all<F: StorageFile>(file: &F, writes: Vec<(u64, Rc<F::Buffer>)>) -> io::Result<()> {
+    let mut pending: Vec<Option<WriteFuture<'_>>> = writes
+        .into_iter()
+        .map(|(pos, buf)| Some(Box::pin(file.write_at(buf, pos)) as WriteFuture<'_>))
+        .collect();
+    let mut first_error = None;
+    poll_fn(|cx| {
+        let mut busy = false;
+        for slot in pending.iter_mut() {
+            if let Some(fut) = slot {
+                match fut.as_mut().poll(cx) {
+                    Poll::Ready(result) => {
+                        if let Err(e) = result {
+                            first_error.get_or_insert(e);
+                        }
+                        *slot = None;
+                    }
+                    Poll::Pending => busy = true,
+                }
+            }
+        }
+        if busy { Poll::Pending } else { Poll::Ready(()) }
+    })
+    .await;
+    first_error.map_or(Ok(()), Err)
+}

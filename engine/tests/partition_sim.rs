@@ -1,0 +1,726 @@
+//! Partition behaviour on the simulated backend: rolls, index, reads at every boundary,
+//! faults (EIO, ENOSPC), corruption, retention, idempotent producers across restarts.
+
+mod common;
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use common::{batch, fill, read_all, record, run};
+use shardlog_engine::format::{BatchView, encode_batch};
+use shardlog_engine::{
+    AckLevel, AppendBatch, EngineError, PartitionConfig, PartitionId, ProducerSeq, ReadLimits,
+    Shard, SimConfig, SimStorage,
+};
+
+fn small_config() -> PartitionConfig {
+    PartitionConfig {
+        segment_bytes_max: 2048,
+        index_interval_bytes: 256,
+        checkpoint_interval_bytes: 4096,
+        ..PartitionConfig::default()
+    }
+}
+
+fn pid() -> PartitionId {
+    PartitionId::new("orders", 3)
+}
+
+fn shard(sim: &SimStorage) -> Shard<SimStorage> {
+    Shard::new(PathBuf::from("/data"), sim.clone())
+}
+
+#[test]
+fn roll_index_and_read_at_every_offset() {
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let p = s.open_partition(pid(), small_config(), true).await.unwrap();
+        let batches = fill(&p, 40, 3, 1000).await;
+        assert_eq!(p.offsets().log_end, 120);
+        assert_eq!(p.offsets().durable, 120);
+        assert!(
+            p.stats().segment_rolls >= 4,
+            "rolls: {}",
+            p.stats().segment_rolls
+        );
+        for limits in [(1, 1), (1, 1000), (100_000, 5), (300, 1000)] {
+            let limits = ReadLimits {
+                max_bytes: limits.0,
+                max_records: limits.1,
+            };
+            for offset in 0..120u64 {
+                let r = p.read(offset, limits).await.unwrap();
+                assert!(!r.records.is_empty() && r.records.len() <= limits.max_records);
+                assert_eq!(r.records[0].offset, offset);
+                let (b, i) = (offset / 3, offset % 3);
+                assert_eq!(r.records[0].value, Bytes::from(format!("value-b{b}-{i}")));
+                assert_eq!(r.next_offset, r.records.last().unwrap().offset + 1);
+            }
+        }
+        let end = p
+            .read(
+                120,
+                ReadLimits {
+                    max_bytes: 10,
+                    max_records: 10,
+                },
+            )
+            .await
+            .unwrap();
+        assert!(end.records.is_empty() && end.next_offset == 120);
+        assert!(matches!(
+            p.read(
+                121,
+                ReadLimits {
+                    max_bytes: 1,
+                    max_records: 1
+                }
+            )
+            .await,
+            Err(EngineError::OffsetOutOfRange { requested: 121, .. })
+        ));
+        // Stored batch bytes are exactly the codec's encoding.
+        let raw = p
+            .read_batches(
+                0,
+                ReadLimits {
+                    max_bytes: usize::MAX,
+                    max_records: usize::MAX,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(raw.batches.len(), 40);
+        for ((base, prefix), bytes) in batches.iter().zip(&raw.batches) {
+            assert_eq!(
+                bytes,
+                &encode_batch(*base, None, &batch(prefix, 3, 1000).records)
+            );
+        }
+        assert_eq!(p.offset_for_timestamp(1000).await.unwrap(), Some(0));
+        assert_eq!(p.offset_for_timestamp(1001).await.unwrap(), None);
+        s.close().await.unwrap();
+        // Reopen: same contents, appends continue at the same offset.
+        let s = shard(&sim);
+        let p = s
+            .open_partition(pid(), small_config(), false)
+            .await
+            .unwrap();
+        assert_eq!(p.fault(), None);
+        assert_eq!(p.offsets().log_end, 120);
+        assert_eq!(read_all(&p, 0).await.len(), 120);
+        let a = p
+            .append(batch("after", 2, 5), AckLevel::Durable)
+            .await
+            .unwrap();
+        assert_eq!(a.base_offset, 120);
+    });
+}
+
+#[test]
+fn written_ack_is_not_readable_before_durable() {
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let p = s.open_partition(pid(), small_config(), true).await.unwrap();
+        let a = p.append(batch("w", 2, 1), AckLevel::Written).await.unwrap();
+        assert_eq!(a.base_offset, 0);
+        assert_eq!(p.offsets().durable, 0);
+        assert!(
+            p.read(
+                0,
+                ReadLimits {
+                    max_bytes: 100,
+                    max_records: 100
+                }
+            )
+            .await
+            .unwrap()
+            .records
+            .is_empty()
+        );
+        p.wait_for_durable_beyond(0).await;
+        assert_eq!(
+            p.read(
+                0,
+                ReadLimits {
+                    max_bytes: 100,
+                    max_records: 100
+                }
+            )
+            .await
+            .unwrap()
+            .records
+            .len(),
+            2
+        );
+    });
+}
+
+#[test]
+fn group_commit_covers_concurrent_appends() {
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let config = PartitionConfig {
+            segment_bytes_max: 1 << 20,
+            ..small_config()
+        };
+        let p = s.open_partition(pid(), config, true).await.unwrap();
+        let mut tasks = Vec::new();
+        for t in 0..50 {
+            let p = p.clone();
+            tasks.push(glommio::spawn_local(async move {
+                p.append(batch(&format!("t{t}"), 1, 1), AckLevel::Durable)
+                    .await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(p.offsets().durable, 50);
+        assert!(
+            p.stats().syncs < 10,
+            "50 concurrent appends took {} syncs",
+            p.stats().syncs
+        );
+    });
+}
+
+#[test]
+fn fdatasync_eio_fails_pending_acks_and_faults() {
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let p = s.open_partition(pid(), small_config(), true).await.unwrap();
+        fill(&p, 3, 2, 1).await;
+        sim.fail_fsync_in(1);
+        let mut tasks = Vec::new();
+        for t in 0..5 {
+            let p = p.clone();
+            tasks.push(glommio::spawn_local(async move {
+                p.append(batch(&format!("t{t}"), 1, 1), AckLevel::Durable)
+                    .await
+            }));
+        }
+        for t in tasks {
+            assert!(matches!(t.await, Err(EngineError::PartitionFaulted { .. })));
+        }
+        assert!(p.fault().unwrap().contains("fdatasync"));
+        assert!(matches!(
+            p.append(batch("x", 1, 1), AckLevel::Durable).await,
+            Err(EngineError::PartitionFaulted { .. })
+        ));
+        assert!(matches!(
+            p.append(batch("x", 1, 1), AckLevel::Written).await,
+            Err(EngineError::PartitionFaulted { .. })
+        ));
+        assert_eq!(
+            p.offsets().durable,
+            6,
+            "durable point never moves past the failed sync"
+        );
+        assert_eq!(
+            read_all(&p, 0).await.len(),
+            6,
+            "durable data stays readable"
+        );
+        drop(p);
+        drop(s);
+        sim.crash();
+        let s = shard(&sim);
+        let p = s
+            .open_partition(pid(), small_config(), false)
+            .await
+            .unwrap();
+        assert_eq!(p.fault(), None);
+        let got = read_all(&p, 0).await;
+        assert!(got.len() >= 6);
+        assert_eq!(got[5].value, Bytes::from("value-b2-1"));
+    });
+}
+
+#[test]
+fn enospc_is_reported_and_stops_writes() {
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let config = PartitionConfig {
+            prezero_segments: false,
+            ..small_config()
+        };
+        let p = s.open_partition(pid(), config.clone(), true).await.unwrap();
+        fill(&p, 2, 2, 1).await;
+        sim.set_capacity_bytes(Some(0));
+        let err = p
+            .append(batch("full", 20, 1), AckLevel::Durable)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, EngineError::NoSpace { .. }), "{err:?}");
+        assert!(matches!(
+            p.append(batch("x", 1, 1), AckLevel::Durable).await,
+            Err(EngineError::NoSpace { .. })
+        ));
+        assert_eq!(read_all(&p, 0).await.len(), 4);
+        drop(p);
+        drop(s);
+        sim.set_capacity_bytes(None);
+        sim.crash();
+        let s = shard(&sim);
+        let p = s.open_partition(pid(), config, false).await.unwrap();
+        assert_eq!(p.offsets().durable, 4);
+        p.append(batch("again", 1, 1), AckLevel::Durable)
+            .await
+            .unwrap();
+    });
+}
+
+fn segment_path(base: u64) -> PathBuf {
+    PathBuf::from(format!("/data/topics/orders/3/{base:020}.log"))
+}
+
+#[test]
+fn corruption_below_checkpoint_is_detected_on_read_not_truncated() {
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let config = PartitionConfig {
+            segment_bytes_max: 1 << 20,
+            ..small_config()
+        };
+        let p = s.open_partition(pid(), config.clone(), true).await.unwrap();
+        fill(&p, 10, 2, 1).await;
+        s.close().await.unwrap();
+        drop(p);
+        let path = segment_path(0);
+        assert!(sim.flip_bit(&path, 300, 3));
+        let before = sim.file_contents(&path).unwrap();
+        let s = shard(&sim);
+        let p = s.open_partition(pid(), config, false).await.unwrap();
+        let err = p
+            .read(
+                0,
+                ReadLimits {
+                    max_bytes: 1 << 20,
+                    max_records: 1000,
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, EngineError::Corruption { .. }), "{err:?}");
+        let fault = p.fault().expect("corruption faults the partition");
+        assert!(fault.contains("corruption"), "{fault}");
+        assert!(matches!(
+            p.append(batch("x", 1, 1), AckLevel::Durable).await,
+            Err(EngineError::PartitionFaulted { .. })
+        ));
+        assert!(matches!(
+            p.read(
+                0,
+                ReadLimits {
+                    max_bytes: 1,
+                    max_records: 1
+                }
+            )
+            .await,
+            Err(EngineError::PartitionFaulted { .. })
+        ));
+        assert_eq!(
+            sim.file_contents(&path).unwrap(),
+            before,
+            "nothing was truncated or rewritten"
+        );
+    });
+}
+
+#[test]
+fn corruption_past_checkpoint_with_later_synced_rounds_is_not_a_torn_tail() {
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let config = PartitionConfig {
+            segment_bytes_max: 64 << 20,
+            checkpoint_interval_bytes: u64::MAX,
+            prezero_segments: false,
+            ..small_config()
+        };
+        let p = s.open_partition(pid(), config.clone(), true).await.unwrap();
+        for i in 0..100 {
+            let mut b = batch(&format!("big{i}"), 1, 1);
+            b.records[0].value = Bytes::from(vec![i as u8; 100_000]);
+            p.append(b, AckLevel::Durable).await.unwrap();
+        }
+        drop(p);
+        drop(s);
+        sim.crash(); // no close: the checkpoint is the one written at creation (offset 0)
+        let path = segment_path(0);
+        assert!(sim.flip_bit(&path, 5000, 1));
+        let before = sim.file_contents(&path).unwrap();
+        let s = shard(&sim);
+        let p = s.open_partition(pid(), config, false).await.unwrap();
+        let fault = p.fault().expect("acknowledged data is corrupt");
+        assert!(fault.contains("later synced rounds"), "{fault}");
+        assert_eq!(
+            sim.file_contents(&path).unwrap(),
+            before,
+            "nothing was truncated or rewritten"
+        );
+    });
+}
+
+#[test]
+fn corruption_in_sealed_segment_without_index_is_detected_on_open() {
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let p = s.open_partition(pid(), small_config(), true).await.unwrap();
+        fill(&p, 30, 2, 1).await;
+        s.close().await.unwrap();
+        drop(p);
+        assert!(sim.remove_durably(&PathBuf::from(
+            "/data/topics/orders/3/00000000000000000000.index"
+        )));
+        assert!(sim.flip_bit(&segment_path(0), 100, 0));
+        let before = sim.file_contents(&segment_path(0)).unwrap();
+        let s = shard(&sim);
+        let p = s
+            .open_partition(pid(), small_config(), false)
+            .await
+            .unwrap();
+        assert!(p.fault().unwrap().contains("corruption"));
+        assert_eq!(sim.file_contents(&segment_path(0)).unwrap(), before);
+    });
+}
+
+#[test]
+fn corruption_in_sealed_segment_is_detected_on_read_and_index_rebuilt() {
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let p = s.open_partition(pid(), small_config(), true).await.unwrap();
+        fill(&p, 30, 2, 1).await;
+        s.close().await.unwrap();
+        drop(p);
+        // A missing index is rebuilt; a damaged one too.
+        assert!(sim.remove_durably(&PathBuf::from(
+            "/data/topics/orders/3/00000000000000000000.index"
+        )));
+        let names = sim.file_names();
+        let second_index = names
+            .iter()
+            .find(|n| {
+                n.extension().is_some_and(|e| e == "index")
+                    && !n.ends_with("00000000000000000000.index")
+            })
+            .unwrap()
+            .clone();
+        sim.set_file_contents(&second_index, vec![1, 2, 3]);
+        let s = shard(&sim);
+        let p = s
+            .open_partition(pid(), small_config(), false)
+            .await
+            .unwrap();
+        assert_eq!(p.fault(), None);
+        assert_eq!(read_all(&p, 0).await.len(), 60);
+        s.close().await.unwrap();
+        drop(p);
+        assert!(
+            sim.file_names()
+                .iter()
+                .any(|n| n.ends_with("00000000000000000000.index"))
+        );
+        // A flipped bit in a sealed segment: open is cheap (not scanned), the read detects it.
+        assert!(sim.flip_bit(&segment_path(0), 100, 0));
+        let s = shard(&sim);
+        let p = s
+            .open_partition(pid(), small_config(), false)
+            .await
+            .unwrap();
+        let err = p
+            .read(
+                0,
+                ReadLimits {
+                    max_bytes: 1 << 20,
+                    max_records: 1000,
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, EngineError::Corruption { .. }), "{err:?}");
+        assert!(p.fault().is_some());
+    });
+}
+
+#[test]
+fn torn_tail_is_cut_and_appends_continue() {
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let config = PartitionConfig {
+            segment_bytes_max: 1 << 20,
+            ..small_config()
+        };
+        let p = s.open_partition(pid(), config.clone(), true).await.unwrap();
+        fill(&p, 5, 2, 1).await;
+        // Garbage past the durable end, as a torn write would leave.
+        let path = segment_path(0);
+        let mut bytes = sim.file_contents(&path).unwrap();
+        let end = p.size_bytes() as usize;
+        if bytes.len() < end + 700 {
+            bytes.resize(end + 700, 0);
+        }
+        for (i, b) in bytes[end..end + 700].iter_mut().enumerate() {
+            *b = (i * 7 + 1) as u8;
+        }
+        drop(p);
+        drop(s);
+        sim.crash();
+        sim.set_file_contents(&path, bytes);
+        let s = shard(&sim);
+        let p = s.open_partition(pid(), config, false).await.unwrap();
+        assert_eq!(p.fault(), None);
+        assert_eq!(p.offsets().log_end, 10);
+        p.append(batch("next", 1, 1), AckLevel::Durable)
+            .await
+            .unwrap();
+        assert_eq!(read_all(&p, 0).await.len(), 11);
+    });
+}
+
+#[test]
+fn retention_by_size_and_age_moves_log_start() {
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let config = PartitionConfig {
+            retention_bytes_max: Some(6000),
+            ..small_config()
+        };
+        let p = s.open_partition(pid(), config, true).await.unwrap();
+        fill(&p, 40, 3, 1000).await;
+        let before = p.size_bytes();
+        let deleted = p.enforce_retention(2000).await.unwrap();
+        assert!(deleted > 0);
+        assert!(p.size_bytes() <= 6000 && p.size_bytes() < before);
+        let start = p.offsets().log_start;
+        assert!(start > 0);
+        let err = p
+            .read(
+                start - 1,
+                ReadLimits {
+                    max_bytes: 1,
+                    max_records: 1,
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, EngineError::OffsetOutOfRange { log_start, .. } if log_start == start)
+        );
+        assert_eq!(
+            p.read(
+                start,
+                ReadLimits {
+                    max_bytes: 1,
+                    max_records: 1
+                }
+            )
+            .await
+            .unwrap()
+            .records[0]
+                .offset,
+            start
+        );
+        s.close().await.unwrap();
+        drop(p);
+        let config = PartitionConfig {
+            retention_age_ms_max: Some(500),
+            ..small_config()
+        };
+        let s = shard(&sim);
+        let p = s.open_partition(pid(), config, false).await.unwrap();
+        assert_eq!(p.offsets().log_start, start, "log start survives a restart");
+        assert_eq!(
+            p.enforce_retention(1200).await.unwrap(),
+            0,
+            "records are 200 ms old"
+        );
+        p.append(batch("new", 1, 5000), AckLevel::Durable)
+            .await
+            .unwrap();
+        assert!(p.enforce_retention(1600).await.unwrap() > 0);
+        assert_eq!(
+            p.offsets().log_start,
+            p.offsets().log_end - 1 - (p.offsets().log_end - 1 - p.offsets().log_start)
+        );
+        assert!(
+            p.read(
+                p.offsets().log_start,
+                ReadLimits {
+                    max_bytes: 1,
+                    max_records: 1
+                }
+            )
+            .await
+            .is_ok()
+        );
+    });
+}
+
+fn idem(prefix: &str, n: usize, producer_id: u64, sequence: u64) -> AppendBatch {
+    AppendBatch {
+        producer: Some(ProducerSeq {
+            producer_id,
+            sequence,
+        }),
+        ..batch(prefix, n, 1)
+    }
+}
+
+#[test]
+fn idempotent_producer_dedup_survives_close_and_crash() {
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let p = s.open_partition(pid(), small_config(), true).await.unwrap();
+        fill(&p, 2, 1, 1).await;
+        let a = p
+            .append(idem("p", 3, 7, 0), AckLevel::Durable)
+            .await
+            .unwrap();
+        assert_eq!((a.base_offset, a.duplicate), (2, false));
+        let again = p
+            .append(idem("p", 3, 7, 0), AckLevel::Durable)
+            .await
+            .unwrap();
+        assert_eq!(
+            (again.base_offset, again.record_count, again.duplicate),
+            (2, 3, true)
+        );
+        let gap = p
+            .append(idem("q", 1, 7, 9), AckLevel::Durable)
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            gap,
+            EngineError::SequenceGap {
+                expected: 3,
+                got: 9,
+                ..
+            }
+        ));
+        p.append(idem("r", 2, 7, 3), AckLevel::Durable)
+            .await
+            .unwrap();
+        s.close().await.unwrap();
+        drop(p);
+        // After a clean restart (checkpoint snapshot).
+        let s = shard(&sim);
+        let p = s
+            .open_partition(pid(), small_config(), false)
+            .await
+            .unwrap();
+        assert_eq!(
+            p.append(idem("p", 3, 7, 0), AckLevel::Durable)
+                .await
+                .unwrap()
+                .base_offset,
+            2
+        );
+        let r = p
+            .append(idem("r", 2, 7, 3), AckLevel::Durable)
+            .await
+            .unwrap();
+        assert_eq!((r.base_offset, r.duplicate), (5, true));
+        p.append(idem("s", 1, 7, 5), AckLevel::Durable)
+            .await
+            .unwrap();
+        drop(p);
+        drop(s);
+        // After a crash (rebuilt from the log past the checkpoint).
+        sim.crash();
+        let s = shard(&sim);
+        let p = s
+            .open_partition(pid(), small_config(), false)
+            .await
+            .unwrap();
+        let d = p
+            .append(idem("s", 1, 7, 5), AckLevel::Durable)
+            .await
+            .unwrap();
+        assert_eq!((d.base_offset, d.duplicate), (7, true));
+        assert_eq!(p.offsets().log_end, 8);
+        assert_eq!(p.stats().duplicate_batches, 1);
+    });
+}
+
+#[test]
+fn bad_input_is_rejected_with_typed_errors() {
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        assert!(matches!(
+            s.open_partition(PartitionId::new("..", 0), small_config(), true)
+                .await,
+            Err(EngineError::InvalidTopicName { .. })
+        ));
+        assert!(matches!(
+            s.open_partition(PartitionId::new("nope", 0), small_config(), false)
+                .await,
+            Err(EngineError::PartitionNotFound { .. })
+        ));
+        let p = s.open_partition(pid(), small_config(), true).await.unwrap();
+        let empty = AppendBatch {
+            records: vec![],
+            producer: None,
+        };
+        assert!(matches!(
+            p.append(empty, AckLevel::Durable).await,
+            Err(EngineError::EmptyBatch { .. })
+        ));
+        let huge = AppendBatch {
+            records: vec![common::record("x", 1); 1],
+            producer: None,
+        };
+        let mut huge = huge;
+        huge.records[0].value = Bytes::from(vec![0u8; 5 << 20]);
+        assert!(matches!(
+            p.append(huge, AckLevel::Durable).await,
+            Err(EngineError::BatchTooLarge { .. })
+        ));
+        // A batch larger than a segment still fits (a segment holds at least one batch).
+        let big = AppendBatch {
+            records: vec![record("big", 1)],
+            producer: None,
+        };
+        let mut big = big;
+        big.records[0].value = Bytes::from(vec![7u8; 10_000]);
+        p.append(big, AckLevel::Durable).await.unwrap();
+        let got = p
+            .read(
+                0,
+                ReadLimits {
+                    max_bytes: 1,
+                    max_records: 1,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(got.records[0].value.len(), 10_000);
+        let bytes = p
+            .read_batches(
+                0,
+                ReadLimits {
+                    max_bytes: 1,
+                    max_records: 1,
+                },
+            )
+            .await
+            .unwrap();
+        assert!(BatchView::parse(&bytes.batches[0]).is_ok());
+        s.remove_partition(&pid()).await.unwrap();
+        assert!(s.partition(&pid()).is_none());
+        assert!(sim.file_names().is_empty(), "{:?}", sim.file_names());
+    });
+}
