@@ -7,7 +7,7 @@
 //! [`Storage`] trait: [`DmaStorage`] is the real backend, [`SimStorage`] a deterministic,
 //! fault-injecting simulation used by the crash tests. The engine knows nothing of gRPC.
 //!
-//! See `docs/format.md` for the byte layout and `docs/engine.md` for the map and invariants.
+//! See `docs/format.md` for the byte layout and `docs/architecture.md` ("The engine") for the map and invariants.
 #![deny(missing_docs)]
 
 mod checkpoint;
