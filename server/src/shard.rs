@@ -17,7 +17,7 @@ use shardlog_engine::{PartitionConfig, PartitionId, Shard as EngineShard};
 
 use crate::storage::ServerStorage;
 use shardlog_wire::Code;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::catalog::{self, Catalog, TopicMeta, TopicRetention};
 use crate::config::Config;
@@ -101,7 +101,9 @@ impl ShardContext {
         }
     }
 
-    /// Opens every partition the catalog places on this shard (startup).
+    /// Opens (and recovers) every partition the catalog places on this shard
+    /// (startup). A cataloged partition whose files are gone is reported, not
+    /// silently recreated empty: its clients get NOT_FOUND naming it.
     pub async fn open_owned_partitions(&self) {
         let owned: Vec<(TopicMeta, Vec<u32>)> = self
             .catalog
@@ -113,10 +115,14 @@ impl ShardContext {
             let config = self.partition_config(&meta.retention);
             for partition in partitions {
                 let id = PartitionId::new(&meta.name, partition);
-                match self.engine.open_partition(id, config.clone(), true).await {
-                    Ok(_) => {}
+                match self.engine.open_partition(id, config.clone(), false).await {
+                    Ok(opened) => {
+                        if let Some(fault) = opened.fault() {
+                            error!(topic = %meta.name, partition, %fault, "partition refuses service");
+                        }
+                    }
                     Err(error) => {
-                        warn!(topic = %meta.name, partition, %error, "partition failed to open")
+                        error!(topic = %meta.name, partition, %error, "partition failed to open")
                     }
                 }
             }

@@ -700,3 +700,37 @@ fn http_get(addr: &str, path: &str) -> String {
         String::new()
     }
 }
+
+#[test]
+fn a_partition_whose_files_vanished_is_reported_not_recreated_empty() {
+    let mut server = TestServer::start(1);
+    let addr = server.addr;
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        log.create_topic("gone", 2).await.expect("create");
+        log.produce(produce_to("gone", 1, vec![record(b"kept")]))
+            .await
+            .expect("produce");
+    });
+    assert_eq!(server.stop(), Some(0));
+    std::fs::remove_dir_all(server.data_dir().join("topics/gone/0")).expect("remove partition 0");
+    server.restart_after_kill();
+    let addr = server.addr;
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        let message = expect_code(
+            log.produce(produce_to("gone", 0, vec![record(b"x")])).await,
+            Code::NOT_FOUND,
+        );
+        assert!(message.contains("gone/0"), "{message}");
+        assert_eq!(
+            log.fetch_all("gone", 1, 0).await.len(),
+            1,
+            "the other partition serves"
+        );
+    });
+    assert!(
+        !server.data_dir().join("topics/gone/0").exists(),
+        "nothing recreated"
+    );
+}
