@@ -106,34 +106,6 @@ impl shardlog_wire::server::CallObserver for MetricsObserver {
     }
 }
 
-/// Name of a gRPC status code as Prometheus label value.
-pub fn code_name(code: Code) -> &'static str {
-    const NAMES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
-    usize::try_from(code.0)
-        .ok()
-        .and_then(|index| NAMES.get(index))
-        .copied()
-        .unwrap_or("UNKNOWN_CODE")
-}
-
 /// Metric families: name, type, help. Samples are grouped under them.
 const FAMILIES: [(&str, &str, &str); 18] = [
     (
@@ -251,7 +223,7 @@ pub fn render_shard(shard: &ShardContext) -> String {
     for ((service, method), stats) in shard.metrics.methods.borrow().iter() {
         let labels = format!(",service=\"{service}\",method=\"{method}\"");
         for (&code, &count) in &stats.by_code {
-            let status = code_name(Code(code));
+            let status = Code(code).name().unwrap_or("UNKNOWN_CODE");
             sample(
                 &mut out,
                 "grpc_requests_total",

@@ -659,7 +659,7 @@ fn metrics_endpoint_reports_calls_and_partitions() {
             .expect("produce");
         let _ = log.fetch("missing", 0, 0).await;
     });
-    let text = http_get(&metrics_addr, "/metrics");
+    let text = common::http_get(&metrics_addr, "/metrics");
     for needle in [
         "# TYPE grpc_requests_total counter",
         "method=\"Produce\",status=\"OK\"",
@@ -673,7 +673,7 @@ fn metrics_endpoint_reports_calls_and_partitions() {
     ] {
         assert!(text.contains(needle), "metrics lack {needle:?}:\n{text}");
     }
-    assert!(http_get(&metrics_addr, "/nope").is_empty());
+    assert!(common::http_get(&metrics_addr, "/nope").is_empty());
 }
 
 fn free_port() -> u16 {
@@ -682,23 +682,6 @@ fn free_port() -> u16 {
         .local_addr()
         .expect("addr")
         .port()
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect metrics");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(stream, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
-    let (head, body) = response.split_once("\r\n\r\n").expect("http response");
-    if head.starts_with("HTTP/1.1 200") {
-        body.to_owned()
-    } else {
-        String::new()
-    }
 }
 
 #[test]

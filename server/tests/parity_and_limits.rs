@@ -343,14 +343,7 @@ fn requests_cross_shards_and_replies_come_back() {
         });
         futures_util::future::join_all(connections).await;
     });
-    let text = {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(&metrics_addr).expect("metrics");
-        write!(stream, "GET /metrics HTTP/1.1\r\n\r\n").expect("write");
-        let mut text = String::new();
-        stream.read_to_string(&mut text).expect("read");
-        text
-    };
+    let text = common::http_get(&metrics_addr, "/metrics");
     for shard in 0..2 {
         let needle = format!("shardlog_cross_core_calls_total{{shard=\"{shard}\"}} ");
         let line = text
