@@ -724,3 +724,52 @@ fn bad_input_is_rejected_with_typed_errors() {
         assert!(sim.file_names().is_empty(), "{:?}", sim.file_names());
     });
 }
+
+/// Appends started in order get offsets in that order even when some of them must wait: here
+/// 1.5 MiB batches hit the 8 MiB unsynced-bytes bound while small batches behind them would
+/// still fit. A later append never overtakes a waiting one.
+#[test]
+fn concurrent_appends_keep_call_order_when_some_must_wait() {
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let config = PartitionConfig {
+            segment_bytes_max: 64 << 20,
+            ..small_config()
+        };
+        let p = s.open_partition(pid(), config, true).await.unwrap();
+        let big = Bytes::from(vec![7u8; 1536 << 10]);
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let p = p.clone();
+                let value = if i % 2 == 0 {
+                    big.clone()
+                } else {
+                    Bytes::from(format!("small-{i}"))
+                };
+                let records = vec![shardlog_engine::Record {
+                    key: None,
+                    value,
+                    timestamp_ms: 1,
+                    headers: Vec::new(),
+                }];
+                let batch = AppendBatch {
+                    records,
+                    producer: None,
+                };
+                glommio::spawn_local(async move { p.append(batch, AckLevel::Written).await })
+            })
+            .collect();
+        let mut last = None;
+        for (i, task) in tasks.into_iter().enumerate() {
+            let appended = task.await.expect("append");
+            if let Some(last) = last {
+                assert!(
+                    appended.base_offset > last,
+                    "append {i} overtook an earlier one"
+                );
+            }
+            last = Some(appended.base_offset);
+        }
+    });
+}

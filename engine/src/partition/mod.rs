@@ -12,7 +12,7 @@ mod open;
 mod read;
 mod tail;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::io;
@@ -130,6 +130,27 @@ pub struct Partition<S: Storage> {
     state: RefCell<State<S::File>>,
     /// Signalled when the durable point moves, a roll ends, or the partition faults or closes.
     changed: Notify,
+    /// Appends waiting for room (a roll, the unsynced-bytes bound), in arrival order: a later
+    /// append never overtakes a waiting one, so offsets always follow call order.
+    append_queue: RefCell<VecDeque<u64>>,
+    next_append_ticket: Cell<u64>,
+}
+
+/// A place in [`Partition::append_queue`]; leaving the queue (done, failed or cancelled)
+/// lets the next waiter try.
+struct AppendTicket<'a, S: Storage> {
+    partition: &'a Partition<S>,
+    ticket: u64,
+}
+
+impl<S: Storage> Drop for AppendTicket<'_, S> {
+    fn drop(&mut self) {
+        self.partition
+            .append_queue
+            .borrow_mut()
+            .retain(|&queued| queued != self.ticket);
+        self.partition.changed.notify_all();
+    }
 }
 
 impl<S: Storage> Partition<S> {
@@ -213,21 +234,53 @@ impl<S: Storage> Partition<S> {
     /// Cost: one encode into the write buffer; for `Durable`, one share of a group fdatasync.
     pub async fn append(&self, batch: AppendBatch, ack: AckLevel) -> Result<Appended> {
         let batch_bytes = self.validate(&batch)?;
+        let mut ticket: Option<AppendTicket<'_, S>> = None;
         loop {
             let wait = self.changed.wait();
-            let attempt = self.try_append(&batch, batch_bytes);
-            self.kick();
-            match attempt? {
-                Attempt::Done(appended) => {
-                    if ack == AckLevel::Durable {
-                        self.wait_durable(appended.base_offset + u64::from(appended.record_count))
-                            .await?;
+            if self.my_turn(&mut ticket) {
+                let attempt = self.try_append(&batch, batch_bytes);
+                self.kick();
+                match attempt {
+                    Ok(Attempt::Done(appended)) => {
+                        drop(ticket);
+                        if ack == AckLevel::Durable {
+                            let end = appended.base_offset + u64::from(appended.record_count);
+                            self.wait_durable(end).await?;
+                        }
+                        return Ok(appended);
                     }
-                    return Ok(appended);
+                    Ok(Attempt::Wait) => self.enqueue(&mut ticket),
+                    Err(error) => return Err(error),
                 }
-                Attempt::Wait => wait.await,
+            }
+            wait.await;
+        }
+    }
+
+    /// True when this append may try now: nobody waits ahead of it. An append arriving
+    /// while others wait joins the back of the queue.
+    fn my_turn<'a>(&'a self, ticket: &mut Option<AppendTicket<'a, S>>) -> bool {
+        match ticket {
+            Some(held) => self.append_queue.borrow().front() == Some(&held.ticket),
+            None if self.append_queue.borrow().is_empty() => true,
+            None => {
+                self.enqueue(ticket);
+                false
             }
         }
+    }
+
+    fn enqueue<'a>(&'a self, ticket: &mut Option<AppendTicket<'a, S>>) {
+        if ticket.is_some() {
+            return;
+        }
+        let id = self.next_append_ticket.get();
+        self.next_append_ticket.set(id + 1);
+        self.append_queue.borrow_mut().push_back(id);
+        *ticket = Some(AppendTicket {
+            partition: self,
+            ticket: id,
+        });
     }
 
     fn validate(&self, batch: &AppendBatch) -> Result<usize> {

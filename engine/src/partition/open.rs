@@ -6,7 +6,7 @@
 //! decision table in `recovery.rs`. A torn tail is cut by zero-filling the bytes a crashed
 //! round could have touched; corruption leaves every byte as it is and faults the partition.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -571,6 +571,8 @@ impl<S: Storage> Partition<S> {
             me: me.clone(),
             state: RefCell::new(state),
             changed: Notify::default(),
+            append_queue: RefCell::new(VecDeque::new()),
+            next_append_ticket: Cell::new(0),
         })
     }
 }
