@@ -25,7 +25,11 @@ fn client_admin_produce_and_consume_round_trip() {
     let server = TestServer::start(2);
     let addr = server.addr;
     block_on(move || async move {
-        let client = client(addr);
+        let config = ClientConfig {
+            health_check_interval: Some(Duration::from_millis(50)),
+            ..ClientConfig::default()
+        };
+        let client = Client::new(GlommioRuntime, addr, config).expect("client");
         let admin = client.admin();
         let created = admin.create_topic("orders", 4).await.expect("create");
         assert_eq!(created.partition_count, 4);
@@ -155,6 +159,9 @@ fn client_admin_produce_and_consume_round_trip() {
             expected.keys().copied().collect::<Vec<_>>()[..]
         );
         producer.close().await;
+        // Background health probes (every 50 ms) keep the SERVING connection.
+        glommio::timer::sleep(Duration::from_millis(300)).await;
+        assert_eq!(client.pool().live_connections(), 1);
         admin.delete_topic("orders").await.expect("delete");
         assert!(
             !admin

@@ -1,5 +1,8 @@
-//! The gRPC client half: an h2 client with the same framing as the server,
-//! for shardlog's load generator and client library.
+//! The gRPC client half: [`Channel`], an h2 client with the same framing
+//! as the server, and on top of it shardlog's client library: [`Client`]
+//! (connection [`Pool`], retries with [`Backoff`]), the batching idempotent
+//! [`Producer`], the [`Consumer`] and the [`Admin`] API, generic over the
+//! [`Runtime`] (glommio, or tokio with the `tokio` feature).
 //!
 //! Generic over the I/O stream (any futures `AsyncRead + AsyncWrite`); the
 //! HTTP/2 connection driver is returned as a future for the caller to spawn
@@ -24,6 +27,31 @@
 //!     .join()
 //!     .unwrap();
 //! ```
+
+mod accumulator;
+pub mod admin;
+pub mod backoff;
+mod connect;
+pub mod consumer;
+mod error;
+pub mod pool;
+pub mod producer;
+pub mod runtime;
+mod sync;
+#[cfg(test)]
+mod tests;
+
+pub use accumulator::{Ack, DeliveryFuture, RECORD_OVERHEAD_BYTES, fnv1a_64};
+pub use admin::Admin;
+pub use backoff::{Backoff, Jitter};
+pub use connect::{Client, ClientConfig, RetryPolicy};
+pub use consumer::{Consumer, StartAt, Subscription};
+pub use error::{ClientError, RetryClass, classify};
+pub use pool::Pool;
+pub use producer::{Producer, ProducerConfig, ProducerStats, WhenFull};
+pub use runtime::{GlommioRuntime, LocalBoxFuture, Runtime};
+#[cfg(feature = "tokio")]
+pub use runtime::{TokioRuntime, TokioTimer};
 
 use std::fmt;
 use std::future::Future;
