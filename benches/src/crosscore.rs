@@ -22,7 +22,11 @@ pub enum Transport {
 
 /// Round-trip latencies of `rounds` sequential ping-pongs, in nanoseconds,
 /// and their total time. `placements` pins the two executors.
-pub fn round_trips(transport: Transport, rounds: u64, placements: [Placement; 2]) -> (Histogram<u64>, Duration) {
+pub fn round_trips(
+    transport: Transport,
+    rounds: u64,
+    placements: [Placement; 2],
+) -> (Histogram<u64>, Duration) {
     let [echo_at, caller_at] = placements;
     match transport {
         Transport::Mesh => mesh_round_trips(rounds, echo_at, caller_at),
@@ -34,7 +38,11 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
 }
 
-fn mesh_round_trips(rounds: u64, echo_at: Placement, caller_at: Placement) -> (Histogram<u64>, Duration) {
+fn mesh_round_trips(
+    rounds: u64,
+    echo_at: Placement,
+    caller_at: Placement,
+) -> (Histogram<u64>, Duration) {
     let mesh = MeshBuilder::<u64, _>::full(2, QUEUE_DEPTH);
     let echo_mesh = mesh.clone();
     let echo = LocalExecutorBuilder::new(echo_at)
@@ -42,7 +50,11 @@ fn mesh_round_trips(rounds: u64, echo_at: Placement, caller_at: Placement) -> (H
             let (senders, receivers) = echo_mesh.join().await.expect("join mesh");
             let peer = 1 - senders.peer_id();
             for _ in 0..rounds {
-                let value = receivers.recv_from(peer).await.expect("recv").expect("open");
+                let value = receivers
+                    .recv_from(peer)
+                    .await
+                    .expect("recv")
+                    .expect("open");
                 senders.send_to(peer, value).await.expect("send");
             }
         })
@@ -56,7 +68,11 @@ fn mesh_round_trips(rounds: u64, echo_at: Placement, caller_at: Placement) -> (H
             for round in 0..rounds {
                 let sent = Instant::now();
                 senders.send_to(peer, round).await.expect("send");
-                let echoed = receivers.recv_from(peer).await.expect("recv").expect("open");
+                let echoed = receivers
+                    .recv_from(peer)
+                    .await
+                    .expect("recv")
+                    .expect("open");
                 assert_eq!(echoed, round);
                 latencies.saturating_record(sent.elapsed().as_nanos() as u64);
             }
@@ -67,7 +83,11 @@ fn mesh_round_trips(rounds: u64, echo_at: Placement, caller_at: Placement) -> (H
     caller.join().expect("caller executor")
 }
 
-fn flume_round_trips(rounds: u64, echo_at: Placement, caller_at: Placement) -> (Histogram<u64>, Duration) {
+fn flume_round_trips(
+    rounds: u64,
+    echo_at: Placement,
+    caller_at: Placement,
+) -> (Histogram<u64>, Duration) {
     let (to_echo, echo_rx) = flume::bounded::<u64>(QUEUE_DEPTH);
     let (to_caller, caller_rx) = flume::bounded::<u64>(QUEUE_DEPTH);
     let echo = LocalExecutorBuilder::new(echo_at)

@@ -2,3 +2,4 @@
 //! measurement binaries.
 
 pub mod crosscore;
+pub mod load;

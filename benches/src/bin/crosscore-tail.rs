@@ -3,7 +3,7 @@
 //! both alike. Prints p50/p99/p999 per transport and run.
 
 use glommio::Placement;
-use shardlog_benches::crosscore::{round_trips, Transport};
+use shardlog_benches::crosscore::{Transport, round_trips};
 
 const ROUNDS: u64 = 100_000;
 const RUNS: usize = 3;
@@ -19,7 +19,10 @@ fn main() {
     let _ = round_trips(Transport::Mesh, 1_000, placements.clone());
     println!("transport      run  p50_us  p99_us  p999_us  mean_us");
     for run in 1..=RUNS {
-        for (name, transport) in [("channel_mesh", Transport::Mesh), ("flume", Transport::Flume)] {
+        for (name, transport) in [
+            ("channel_mesh", Transport::Mesh),
+            ("flume", Transport::Flume),
+        ] {
             let (latencies, total) = round_trips(transport, ROUNDS, placements.clone());
             let us = |q: f64| latencies.value_at_quantile(q) as f64 / 1000.0;
             println!(
