@@ -6,7 +6,7 @@
 use arbitrary::Arbitrary;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use shardlog_engine::format::{encode_batch, BatchView};
+use shardlog_engine::format::{BatchView, encode_batch};
 use shardlog_engine::{Header, ProducerSeq, Record};
 
 #[derive(Debug, Arbitrary)]
@@ -27,7 +27,10 @@ fn decode_arbitrary(raw: Vec<u8>) {
             assert_eq!(record.offset, header.base_offset + u64::from(count));
             count += 1;
         }
-        assert_eq!(count, header.record_count, "a valid batch yields its record count");
+        assert_eq!(
+            count, header.record_count,
+            "a valid batch yields its record count"
+        );
     }
 }
 
@@ -44,13 +47,17 @@ fn round_trip(input: &Input) {
             timestamp_ms: *timestamp_ms,
             headers: headers
                 .iter()
-                .map(|(k, v)| Header { key: Bytes::from(k.clone()), value: Bytes::from(v.clone()) })
+                .map(|(k, v)| Header {
+                    key: Bytes::from(k.clone()),
+                    value: Bytes::from(v.clone()),
+                })
                 .collect(),
         })
         .collect();
-    let producer = input
-        .producer
-        .map(|(producer_id, sequence)| ProducerSeq { producer_id: producer_id.max(1), sequence: u64::from(sequence) });
+    let producer = input.producer.map(|(producer_id, sequence)| ProducerSeq {
+        producer_id: producer_id.max(1),
+        sequence: u64::from(sequence),
+    });
     let encoded = encode_batch(u64::from(input.base_offset), producer, &records);
     let view = BatchView::parse(&encoded).expect("own encoding parses");
     assert_eq!(view.header().record_count as usize, records.len());

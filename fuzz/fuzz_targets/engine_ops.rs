@@ -16,8 +16,8 @@ use bytes::Bytes;
 use glommio::{LocalExecutor, LocalExecutorBuilder, Placement};
 use libfuzzer_sys::fuzz_target;
 use shardlog_engine::{
-    AckLevel, AppendBatch, Partition, PartitionConfig, PartitionId, ReadLimits, Record, Shard, SimConfig, SimStorage,
-    Storage,
+    AckLevel, AppendBatch, Partition, PartitionConfig, PartitionId, ReadLimits, Record, Shard,
+    SimConfig, SimStorage, Storage,
 };
 
 /// Longest op sequence one input runs.
@@ -61,9 +61,15 @@ fn partition_id() -> PartitionId {
     PartitionId::new("fuzz", 0)
 }
 
-async fn open(sim: &SimStorage, config: &PartitionConfig) -> Option<(Shard<SimStorage>, Rc<Partition<SimStorage>>)> {
+async fn open(
+    sim: &SimStorage,
+    config: &PartitionConfig,
+) -> Option<(Shard<SimStorage>, Rc<Partition<SimStorage>>)> {
     let shard = Shard::new(PathBuf::from("/data"), sim.clone());
-    let partition = shard.open_partition(partition_id(), config.clone(), true).await.ok()?;
+    let partition = shard
+        .open_partition(partition_id(), config.clone(), true)
+        .await
+        .ok()?;
     Some((shard, partition))
 }
 
@@ -73,18 +79,30 @@ async fn check_stored(partition: &Partition<SimStorage>, model: &Model) -> u64 {
     assert!(offsets.log_start <= offsets.durable && offsets.durable <= offsets.log_end);
     let mut next = offsets.log_start;
     loop {
-        let limits = ReadLimits { max_bytes: 1 << 16, max_records: 256 };
-        let Ok(result) = partition.read(next, limits).await else { return next };
+        let limits = ReadLimits {
+            max_bytes: 1 << 16,
+            max_records: 256,
+        };
+        let Ok(result) = partition.read(next, limits).await else {
+            return next;
+        };
         if result.records.is_empty() {
             return next;
         }
         for record in &result.records {
             assert_eq!(record.offset, next, "contiguous offsets");
-            assert!(record.offset < partition.offsets().durable, "read past the durable offset");
+            assert!(
+                record.offset < partition.offsets().durable,
+                "read past the durable offset"
+            );
             if let Some(expected) = model.acknowledged.get(&record.offset) {
                 assert_eq!(&record.value, expected, "offset {} changed", record.offset);
             } else {
-                assert!(record.value.starts_with(b"v"), "garbage at offset {}", record.offset);
+                assert!(
+                    record.value.starts_with(b"v"),
+                    "garbage at offset {}",
+                    record.offset
+                );
             }
             next += 1;
         }
@@ -92,18 +110,28 @@ async fn check_stored(partition: &Partition<SimStorage>, model: &Model) -> u64 {
 }
 
 async fn run(input: Input) {
-    let sim = SimStorage::new(SimConfig { seed: input.seed, ..SimConfig::default() });
+    let sim = SimStorage::new(SimConfig {
+        seed: input.seed,
+        ..SimConfig::default()
+    });
     let config = PartitionConfig {
         segment_bytes_max: 1024 + u64::from(input.segment_bytes % 8192),
-        retention_bytes_max: (input.retention_bytes > 0).then(|| 2048 + u64::from(input.retention_bytes)),
+        retention_bytes_max: (input.retention_bytes > 0)
+            .then(|| 2048 + u64::from(input.retention_bytes)),
         retention_age_ms_max: Some(60_000),
         ..PartitionConfig::default()
     };
-    let Some((mut shard, mut partition)) = open(&sim, &config).await else { return };
+    let Some((mut shard, mut partition)) = open(&sim, &config).await else {
+        return;
+    };
     let mut model = Model::default();
     for op in input.ops.into_iter().take(OPS_MAX) {
         match op {
-            Op::Append { records, pad, durable } => {
+            Op::Append {
+                records,
+                pad,
+                durable,
+            } => {
                 let count = 1 + u64::from(records % 8);
                 let values: Vec<Bytes> = {
                     (0..count)
@@ -118,14 +146,25 @@ async fn run(input: Input) {
                 let batch = AppendBatch {
                     records: values
                         .iter()
-                        .map(|value| Record { key: None, value: value.clone(), timestamp_ms: 1, headers: Vec::new() })
+                        .map(|value| Record {
+                            key: None,
+                            value: value.clone(),
+                            timestamp_ms: 1,
+                            headers: Vec::new(),
+                        })
                         .collect(),
                     producer: None,
                 };
-                let ack = if durable { AckLevel::Durable } else { AckLevel::Written };
+                let ack = if durable {
+                    AckLevel::Durable
+                } else {
+                    AckLevel::Written
+                };
                 if let Ok(appended) = partition.append(batch, ack).await {
                     for (i, value) in values.into_iter().enumerate() {
-                        model.acknowledged.insert(appended.base_offset + i as u64, value);
+                        model
+                            .acknowledged
+                            .insert(appended.base_offset + i as u64, value);
                     }
                     if durable {
                         let end = appended.base_offset + u64::from(appended.record_count);
@@ -135,11 +174,18 @@ async fn run(input: Input) {
             }
             Op::Read { from, max_records } => {
                 let offsets = partition.offsets();
-                let from = offsets.log_start + u64::from(from) % (offsets.log_end - offsets.log_start + 1);
-                let limits = ReadLimits { max_bytes: 1 << 14, max_records: 1 + usize::from(max_records) };
+                let from =
+                    offsets.log_start + u64::from(from) % (offsets.log_end - offsets.log_start + 1);
+                let limits = ReadLimits {
+                    max_bytes: 1 << 14,
+                    max_records: 1 + usize::from(max_records),
+                };
                 if let Ok(result) = partition.read(from, limits).await {
                     for record in &result.records {
-                        assert!(record.offset < partition.offsets().durable, "read past the durable offset");
+                        assert!(
+                            record.offset < partition.offsets().durable,
+                            "read past the durable offset"
+                        );
                         if let Some(expected) = model.acknowledged.get(&record.offset) {
                             assert_eq!(&record.value, expected);
                         }
@@ -162,10 +208,16 @@ async fn run(input: Input) {
                 drop(partition);
                 drop(shard);
                 sim.crash();
-                let (recovered_shard, recovered) = open(&sim, &config).await.expect("recovery after a crash");
+                let (recovered_shard, recovered) =
+                    open(&sim, &config).await.expect("recovery after a crash");
                 assert_eq!(recovered.fault(), None, "recovery faulted");
                 let offsets = recovered.offsets();
-                assert!(offsets.log_end >= model.durable_end, "durable records lost: end {} < {}", offsets.log_end, model.durable_end);
+                assert!(
+                    offsets.log_end >= model.durable_end,
+                    "durable records lost: end {} < {}",
+                    offsets.log_end,
+                    model.durable_end
+                );
                 let start = offsets.log_start;
                 model.acknowledged.retain(|&offset, _| offset >= start);
                 check_stored(&recovered, &model).await;

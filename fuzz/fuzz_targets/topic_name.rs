@@ -9,13 +9,24 @@ use libfuzzer_sys::fuzz_target;
 use shardlog_engine::validate_topic_name;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(name) = std::str::from_utf8(data) else { return };
+    let Ok(name) = std::str::from_utf8(data) else {
+        return;
+    };
     if validate_topic_name(name).is_ok() {
         assert!((1..=249).contains(&name.len()));
-        assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)));
+        assert!(
+            name.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        );
         let components: Vec<Component> = Path::new(name).components().collect();
         assert_eq!(components.len(), 1, "{name:?} is one path component");
-        assert!(matches!(components[0], Component::Normal(_)), "{name:?} is a plain name");
-        assert_eq!(Path::new("/data").join(name).parent(), Some(Path::new("/data")));
+        assert!(
+            matches!(components[0], Component::Normal(_)),
+            "{name:?} is a plain name"
+        );
+        assert_eq!(
+            Path::new("/data").join(name).parent(),
+            Some(Path::new("/data"))
+        );
     }
 });
