@@ -9,12 +9,15 @@ use libfuzzer_sys::fuzz_target;
 use shardlog_engine::format::{BatchView, encode_batch};
 use shardlog_engine::{Header, ProducerSeq, Record};
 
+/// One record as the fuzzer builds it: key, value, timestamp, headers.
+type RawRecord = (Option<Vec<u8>>, Vec<u8>, i64, Vec<(Vec<u8>, Vec<u8>)>);
+
 #[derive(Debug, Arbitrary)]
 struct Input {
     raw: Vec<u8>,
     base_offset: u32,
     producer: Option<(u64, u32)>,
-    records: Vec<(Option<Vec<u8>>, Vec<u8>, i64, Vec<(Vec<u8>, Vec<u8>)>)>,
+    records: Vec<RawRecord>,
 }
 
 fn decode_arbitrary(raw: Vec<u8>) {
