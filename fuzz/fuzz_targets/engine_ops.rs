@@ -30,7 +30,7 @@ enum Op {
     Sync,
     Retention { advance_ms: u16 },
     FailFsyncIn { n: u8 },
-    CrashAtStorageOp { after: u8 },
+    CrashAtStorageCall { after: u8 },
     CrashAndRecover,
 }
 
@@ -202,7 +202,7 @@ async fn run(input: Input) {
                 let _ = partition.enforce_retention(sim.now_ms()).await;
             }
             Op::FailFsyncIn { n } => sim.fail_fsync_in(1 + u64::from(n % 8)),
-            Op::CrashAtStorageOp { after } => {
+            Op::CrashAtStorageCall { after } => {
                 sim.crash_at_op(sim.op_count() + 1 + u64::from(after))
             }
             Op::CrashAndRecover => {
