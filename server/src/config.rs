@@ -17,6 +17,9 @@ pub const LISTEN_DEFAULT: &str = "127.0.0.1:50051";
 pub const DATA_DIR_DEFAULT: &str = "./shardlog-data";
 /// Metrics listen address used when nothing else is configured.
 pub const METRICS_LISTEN_DEFAULT: &str = "127.0.0.1:9464";
+/// Room kept in a gRPC message for the framing around records (offsets,
+/// headers, protobuf tags) when a fetch answer is sized.
+pub const RESPONSE_OVERHEAD_BYTES: usize = 64 << 10;
 /// Upper bound on shards: one executor per core, and nobody has more cores.
 pub const SHARDS_MAX: usize = 1024;
 
@@ -131,6 +134,9 @@ pub struct LimitsConfig {
     pub cross_core_inflight_max: usize,
     /// Produce requests a ProduceStream/Append call keeps in flight.
     pub stream_inflight_max: usize,
+    /// Record bytes of produces a shard has accepted and not yet answered; beyond it a
+    /// produce is refused UNAVAILABLE with nothing written (load shedding, not buffering).
+    pub produce_inflight_bytes_max: usize,
     /// Default and largest fetch size.
     pub fetch_bytes_max: usize,
     /// Longest long-poll wait a fetch may ask for.
@@ -208,6 +214,7 @@ impl Default for LimitsConfig {
             cross_core_queue_depth: 1024,
             cross_core_inflight_max: 4096,
             stream_inflight_max: 128,
+            produce_inflight_bytes_max: 256 << 20,
             fetch_bytes_max: 1 << 20,
             fetch_wait_ms_max: 60_000,
             connections_per_shard_max: 10_000,
@@ -346,10 +353,28 @@ impl Config {
         if self.limits.cross_core_queue_depth == 0 || self.limits.stream_inflight_max == 0 {
             return invalid("limits", "queue depths must be at least 1");
         }
-        if self.limits.record_bytes_max > self.limits.message_bytes_max {
+        if self.limits.produce_inflight_bytes_max < self.limits.message_bytes_max {
+            return invalid(
+                "limits.produce_inflight_bytes_max",
+                "must be at least message_bytes_max",
+            );
+        }
+        // A fetch answer carries up to fetch_bytes_max of records, or one record of up to
+        // record_bytes_max, plus framing: both must fit in one gRPC message.
+        let answer_bytes_max = self
+            .limits
+            .message_bytes_max
+            .saturating_sub(RESPONSE_OVERHEAD_BYTES);
+        if self.limits.record_bytes_max > answer_bytes_max {
             return invalid(
                 "limits.record_bytes_max",
-                "must not exceed message_bytes_max",
+                "must leave 64 KiB of message_bytes_max for framing",
+            );
+        }
+        if self.limits.fetch_bytes_max > answer_bytes_max {
+            return invalid(
+                "limits.fetch_bytes_max",
+                "must leave 64 KiB of message_bytes_max for framing",
             );
         }
         if self.storage.topic_partitions_max == 0 {

@@ -177,10 +177,48 @@ struct PreparedProduce {
     topic: String,
     partition: u32,
     op: Op,
+    _admission: ProduceAdmission,
+}
+
+/// A produce's share of the shard's in-flight byte budget, returned when the
+/// produce is answered (or dropped).
+struct ProduceAdmission {
+    shard: Rc<ShardContext>,
+    bytes: usize,
+}
+
+impl ProduceAdmission {
+    /// Takes `bytes` of the budget, or refuses UNAVAILABLE with nothing written.
+    fn take(shard: &Rc<ShardContext>, bytes: usize) -> Result<Self, Status> {
+        let inflight = shard.produce_inflight_bytes.get();
+        let limit = shard.config.limits.produce_inflight_bytes_max;
+        if inflight > 0 && inflight + bytes > limit {
+            return Err(Status::new(
+                Code::UNAVAILABLE,
+                format!(
+                    "shard {} is overloaded: {inflight} bytes of produce in flight (limit {limit}); nothing was written, retry",
+                    shard.id
+                ),
+            ));
+        }
+        shard.produce_inflight_bytes.set(inflight + bytes);
+        Ok(Self {
+            shard: shard.clone(),
+            bytes,
+        })
+    }
+}
+
+impl Drop for ProduceAdmission {
+    fn drop(&mut self) {
+        let inflight = self.shard.produce_inflight_bytes.get();
+        assert!(inflight >= self.bytes, "produce budget returned twice");
+        self.shard.produce_inflight_bytes.set(inflight - self.bytes);
+    }
 }
 
 fn prepare_produce(
-    shard: &ShardContext,
+    shard: &Rc<ShardContext>,
     request: pb::ProduceRequest,
 ) -> Result<PreparedProduce, Status> {
     refuse_when_draining(shard)?;
@@ -237,6 +275,8 @@ fn prepare_produce(
         partition,
     )?;
     let owner = meta.owner(partition).unwrap_or(0);
+    let record_bytes = records.iter().map(record_bytes).sum();
+    let admission = ProduceAdmission::take(shard, record_bytes)?;
     Ok(PreparedProduce {
         owner,
         topic: meta.name.clone(),
@@ -247,6 +287,7 @@ fn prepare_produce(
             batch: AppendBatch { records, producer },
             ack,
         },
+        _admission: admission,
     })
 }
 
@@ -310,6 +351,16 @@ fn convert_records(
             })
         })
         .collect()
+}
+
+/// Key, value and header bytes of one record.
+fn record_bytes(record: &Record) -> usize {
+    let headers: usize = record
+        .headers
+        .iter()
+        .map(|h| h.key.len() + h.value.len())
+        .sum();
+    record.key.as_ref().map_or(0, Bytes::len) + record.value.len() + headers
 }
 
 async fn run_produce(

@@ -53,6 +53,8 @@ pub struct ShardContext {
     catalog_busy: RefCell<Vec<String>>,
     /// Set once shutdown starts.
     pub draining: Cell<bool>,
+    /// Record bytes of produces accepted here and not yet answered.
+    pub produce_inflight_bytes: Cell<usize>,
     /// This shard's gRPC server, once it serves (for connection metrics).
     pub server: std::cell::OnceCell<shardlog_wire::server::Server>,
 }
@@ -81,6 +83,7 @@ impl ShardContext {
             round_robin: RefCell::new(HashMap::new()),
             catalog_busy: RefCell::new(Vec::new()),
             draining: Cell::new(false),
+            produce_inflight_bytes: Cell::new(0),
             server: std::cell::OnceCell::new(),
         })
     }
