@@ -115,6 +115,9 @@ pub struct StorageConfig {
     pub retention_check_interval_ms: u64,
     /// Partitions a topic may have.
     pub topic_partitions_max: u32,
+    /// Zero-fill new segments ahead of the writer (off the hot path), so syncs never pay for
+    /// allocating blocks.
+    pub prezero_segments: bool,
 }
 
 /// Bounds on what one request may ask for.
@@ -201,6 +204,7 @@ impl Default for StorageConfig {
             retention_age_ms_max: 0,
             retention_check_interval_ms: 30_000,
             topic_partitions_max: 4096,
+            prezero_segments: true,
         }
     }
 }

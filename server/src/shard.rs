@@ -100,6 +100,7 @@ impl ShardContext {
                 .or(non_zero(storage.retention_bytes_max)),
             retention_age_ms_max: non_zero(retention.retention_ms)
                 .or(non_zero(storage.retention_age_ms_max)),
+            prezero_segments: storage.prezero_segments,
             ..PartitionConfig::default()
         }
     }
