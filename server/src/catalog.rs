@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use shardlog_wire::client::fnv1a_64;
+
 use crate::meta_store::{self, MetaError};
 
 /// Retention and segment settings of one topic; zero means "server default"
@@ -70,23 +72,14 @@ impl TopicMeta {
     }
 }
 
-/// Deterministic placement: a topic's partitions go round robin over the
+/// Deterministic placement (FNV-1a: stable across releases and platforms,
+/// and the hash clients use for keys): a topic's partitions go round robin over the
 /// shards, starting at a shard chosen by the topic name's hash, so small
 /// topics do not all pile onto shard 0.
 pub fn place_partition(topic: &str, partition: u32, shards: u32) -> u32 {
     assert!(shards > 0, "placement needs at least one shard");
     let start = fnv1a_64(topic.as_bytes()) % u64::from(shards);
     ((start + u64::from(partition)) % u64::from(shards)) as u32
-}
-
-/// FNV-1a, 64-bit: stable across releases and platforms, which placement and
-/// key partitioning need (std's hasher is not).
-pub fn fnv1a_64(bytes: &[u8]) -> u64 {
-    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    bytes.iter().fold(OFFSET_BASIS, |hash, &byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
-    })
 }
 
 /// One shard's copy of the catalog.
@@ -190,12 +183,6 @@ mod tests {
         for shard in 0..4 {
             assert_eq!(owners.iter().filter(|&&o| o == shard).count(), 2);
         }
-    }
-
-    #[test]
-    fn fnv1a_matches_reference_vectors() {
-        assert_eq!(fnv1a_64(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a_64(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 
     #[test]

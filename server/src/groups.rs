@@ -14,8 +14,8 @@ use std::rc::Rc;
 use glommio::sync::Semaphore;
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::fnv1a_64;
 use crate::meta_store::{self, MetaError};
+use shardlog_wire::client::fnv1a_64;
 
 /// Longest commit metadata string kept.
 pub const COMMIT_METADATA_BYTES_MAX: usize = 4096;

@@ -44,7 +44,7 @@ struct FetchStats {
 #[derive(Default)]
 pub struct ShardMetrics {
     methods: RefCell<BTreeMap<(&'static str, &'static str), MethodStats>>,
-    fetches: RefCell<BTreeMap<(String, u32), FetchStats>>,
+    fetches: RefCell<BTreeMap<String, BTreeMap<u32, FetchStats>>>,
 }
 
 impl ShardMetrics {
@@ -69,12 +69,17 @@ impl ShardMetrics {
         stats.sum_seconds += seconds;
     }
 
-    /// Records records served by a fetch or subscribe.
-    pub fn record_fetch(&self, topic: &str, partition: u32, records: u64, bytes: u64) {
+    /// Records records served by a fetch or subscribe of a partition owned
+    /// here (allocates only the first time a topic is seen).
+    pub fn record_fetch(&self, topic: &str, partition: u32, records: usize, bytes: usize) {
         let mut fetches = self.fetches.borrow_mut();
-        let stats = fetches.entry((topic.to_owned(), partition)).or_default();
-        stats.records += records;
-        stats.bytes += bytes;
+        if !fetches.contains_key(topic) {
+            fetches.insert(topic.to_owned(), BTreeMap::new());
+        }
+        let by_partition = fetches.get_mut(topic).expect("inserted above");
+        let stats = by_partition.entry(partition).or_default();
+        stats.records += records as u64;
+        stats.bytes += bytes as u64;
     }
 }
 
@@ -262,7 +267,8 @@ pub fn render_shard(shard: &ShardContext) -> String {
         let offsets = partition.offsets();
         let stats = partition.stats();
         let fetched = fetches
-            .get(&(pid.topic.to_string(), pid.partition))
+            .get(&*pid.topic)
+            .and_then(|by_partition| by_partition.get(&pid.partition))
             .copied()
             .unwrap_or_default();
         let gauges: [(&str, u64); 11] = [

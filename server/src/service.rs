@@ -222,42 +222,45 @@ fn prepare_produce(
     request: pb::ProduceRequest,
 ) -> Result<PreparedProduce, Status> {
     refuse_when_draining(shard)?;
-    let meta = shard.topic(&request.topic)?;
+    // One catalog lookup routes the batch: explicit partition, else the first
+    // record's key hash, else round robin.
+    let key = request
+        .records
+        .first()
+        .and_then(|record| record.key.as_deref());
+    let (partition_count, partition, owner) = shard.with_topic(&request.topic, |meta| {
+        let partition = request
+            .partition
+            .unwrap_or_else(|| shard.choose_partition(&meta.name, meta.partition_count, key));
+        (meta.partition_count, partition, meta.owner(partition))
+    })?;
+    let topic = request.topic;
     let limits = &shard.config.limits;
     if request.records.is_empty() {
         return Err(Status::new(
             Code::INVALID_ARGUMENT,
-            format!("produce to {:?}: empty batch", meta.name),
+            format!("produce to {topic:?}: empty batch"),
         ));
     }
     if request.records.len() > limits.batch_records_max {
         return Err(Status::new(
             Code::RESOURCE_EXHAUSTED,
             format!(
-                "produce to {:?}: {} records, more than the limit of {}",
-                meta.name,
+                "produce to {topic:?}: {} records, more than the limit of {}",
                 request.records.len(),
                 limits.batch_records_max
             ),
         ));
     }
-    let partition = match request.partition {
-        Some(partition) if partition >= meta.partition_count => {
-            return Err(Status::new(
-                Code::INVALID_ARGUMENT,
-                format!(
-                    "partition {partition} out of range: topic {:?} has {} partitions",
-                    meta.name, meta.partition_count
-                ),
-            ));
-        }
-        Some(partition) => partition,
-        None => {
-            let key = request.records[0].key.as_deref();
-            shard.choose_partition(&meta.name, meta.partition_count, key)
-        }
+    let Some(owner) = owner else {
+        return Err(Status::new(
+            Code::INVALID_ARGUMENT,
+            format!(
+                "partition {partition} out of range: topic {topic:?} has {partition_count} partitions"
+            ),
+        ));
     };
-    let producer = producer_identity(&request, &meta.name)?;
+    let producer = producer_identity(request.producer_id, request.sequence, &topic)?;
     let ack = match pb::AckLevel::try_from(request.ack) {
         Ok(pb::AckLevel::Durable) => AckLevel::Durable,
         Ok(pb::AckLevel::Written) => AckLevel::Written,
@@ -268,21 +271,15 @@ fn prepare_produce(
             ));
         }
     };
-    let records = convert_records(
-        request.records,
-        limits.record_bytes_max,
-        &meta.name,
-        partition,
-    )?;
-    let owner = meta.owner(partition).unwrap_or(0);
-    let record_bytes = records.iter().map(record_bytes).sum();
+    let (records, record_bytes) =
+        convert_records(request.records, limits.record_bytes_max, &topic, partition)?;
     let admission = ProduceAdmission::take(shard, record_bytes)?;
     Ok(PreparedProduce {
         owner,
-        topic: meta.name.clone(),
+        topic: topic.clone(),
         partition,
         op: Op::Append {
-            topic: meta.name,
+            topic,
             partition,
             batch: AppendBatch { records, producer },
             ack,
@@ -292,10 +289,11 @@ fn prepare_produce(
 }
 
 fn producer_identity(
-    request: &pb::ProduceRequest,
+    producer_id: u64,
+    sequence: Option<u64>,
     topic: &str,
 ) -> Result<Option<ProducerSeq>, Status> {
-    match (request.producer_id, request.sequence) {
+    match (producer_id, sequence) {
         (0, None) => Ok(None),
         (0, Some(_)) => Err(Status::new(
             Code::INVALID_ARGUMENT,
@@ -303,10 +301,7 @@ fn producer_identity(
         )),
         (_, None) => Err(Status::new(
             Code::INVALID_ARGUMENT,
-            format!(
-                "produce to {topic:?}: producer_id {} needs a sequence",
-                request.producer_id
-            ),
+            format!("produce to {topic:?}: producer_id {producer_id} needs a sequence"),
         )),
         (producer_id, Some(sequence)) => Ok(Some(ProducerSeq {
             producer_id,
@@ -315,52 +310,53 @@ fn producer_identity(
     }
 }
 
+/// Converts the request's records to the engine's (same `Bytes`, no copy),
+/// checking each against the size limit; returns them with their total size.
 fn convert_records(
     records: Vec<pb::Record>,
     record_bytes_max: usize,
     topic: &str,
     partition: u32,
-) -> Result<Vec<Record>, Status> {
+) -> Result<(Vec<Record>, usize), Status> {
     let append_time_ms = crate::unix_now_ms();
-    records
-        .into_iter()
-        .enumerate()
-        .map(|(index, record)| {
-            let headers_bytes: usize = record.headers.iter().map(|h| h.key.len() + h.value.len()).sum();
-            let record_bytes = record.key.as_ref().map_or(0, Bytes::len) + record.value.len() + headers_bytes;
-            if record_bytes > record_bytes_max {
-                return Err(Status::new(
-                    Code::RESOURCE_EXHAUSTED,
-                    format!(
-                        "produce to {topic}/{partition}: record {index} is {record_bytes} bytes, over the limit of {record_bytes_max}"
-                    ),
-                ));
-            }
-            Ok(Record {
-                key: record.key,
-                value: record.value,
-                timestamp_ms: if record.timestamp_ms == 0 { append_time_ms } else { record.timestamp_ms },
-                headers: record
-                    .headers
-                    .into_iter()
-                    .map(|header| Header {
-                        key: Bytes::from(header.key),
-                        value: header.value,
-                    })
-                    .collect(),
-            })
-        })
-        .collect()
-}
-
-/// Key, value and header bytes of one record.
-fn record_bytes(record: &Record) -> usize {
-    let headers: usize = record
-        .headers
-        .iter()
-        .map(|h| h.key.len() + h.value.len())
-        .sum();
-    record.key.as_ref().map_or(0, Bytes::len) + record.value.len() + headers
+    let mut total_bytes = 0;
+    let mut converted = Vec::with_capacity(records.len());
+    for (index, record) in records.into_iter().enumerate() {
+        let headers_bytes: usize = record
+            .headers
+            .iter()
+            .map(|h| h.key.len() + h.value.len())
+            .sum();
+        let record_bytes =
+            record.key.as_ref().map_or(0, Bytes::len) + record.value.len() + headers_bytes;
+        if record_bytes > record_bytes_max {
+            return Err(Status::new(
+                Code::RESOURCE_EXHAUSTED,
+                format!(
+                    "produce to {topic}/{partition}: record {index} is {record_bytes} bytes, over the limit of {record_bytes_max}"
+                ),
+            ));
+        }
+        total_bytes += record_bytes;
+        converted.push(Record {
+            key: record.key,
+            value: record.value,
+            timestamp_ms: if record.timestamp_ms == 0 {
+                append_time_ms
+            } else {
+                record.timestamp_ms
+            },
+            headers: record
+                .headers
+                .into_iter()
+                .map(|header| Header {
+                    key: Bytes::from(header.key),
+                    value: header.value,
+                })
+                .collect(),
+        });
+    }
+    Ok((converted, total_bytes))
 }
 
 async fn run_produce(
@@ -495,13 +491,13 @@ async fn append(
 
 /// Validates a (topic, partition) for reading; returns the owner.
 fn read_target(shard: &ShardContext, topic: &str, partition: u32) -> Result<usize, Status> {
-    let meta = shard.topic(topic)?;
-    meta.owner(partition).ok_or_else(|| {
+    let (owner, partition_count) =
+        shard.with_topic(topic, |meta| (meta.owner(partition), meta.partition_count))?;
+    owner.ok_or_else(|| {
         Status::new(
             Code::INVALID_ARGUMENT,
             format!(
-                "partition {partition} out of range: topic {topic:?} has {} partitions",
-                meta.partition_count
+                "partition {partition} out of range: topic {topic:?} has {partition_count} partitions"
             ),
         )
     })
@@ -550,10 +546,6 @@ async fn read(
         Reply::Read(result, offsets) => (result, offsets),
         _ => return Err(Failure::unexpected_reply("Fetch").into()),
     };
-    let bytes: u64 = result.records.iter().map(|r| r.value.len() as u64).sum();
-    shard
-        .metrics
-        .record_fetch(topic, partition, result.records.len() as u64, bytes);
     Ok(pb::FetchResponse {
         topic: topic.to_owned(),
         partition,

@@ -153,7 +153,7 @@ impl ShardContext {
         deadline: Option<Instant>,
     ) -> Result<Reply, Failure> {
         if target == self.id {
-            return self.clone().execute(op, deadline).await;
+            return self.clone().run(op, deadline).await;
         }
         let admission = if op.is_control_plane() {
             Admission::Wait
@@ -180,89 +180,91 @@ impl ShardContext {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Executes an op on this shard. The future is `'static` so the mesh can
-    /// spawn it.
+    /// Executes an op on this shard, boxed so the mesh can spawn it.
     pub fn execute(self: Rc<Self>, op: Op, deadline: Option<Instant>) -> OpFuture {
-        Box::pin(async move {
-            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-                return Err(Failure::new(
-                    Code::DEADLINE_EXCEEDED,
-                    "deadline expired before the owning shard ran the call",
-                ));
+        Box::pin(self.run(op, deadline))
+    }
+
+    /// Executes an op on this shard.
+    async fn run(self: Rc<Self>, op: Op, deadline: Option<Instant>) -> Result<Reply, Failure> {
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            return Err(Failure::new(
+                Code::DEADLINE_EXCEEDED,
+                "deadline expired before the owning shard ran the call",
+            ));
+        }
+        match op {
+            Op::Append {
+                topic,
+                partition,
+                batch,
+                ack,
+            } => {
+                let target = self.local_partition(&topic, partition)?;
+                let appended = target.append(batch, ack).await?;
+                Ok(Reply::Appended(appended))
             }
-            match op {
-                Op::Append {
-                    topic,
-                    partition,
-                    batch,
-                    ack,
-                } => {
-                    let target = self.local_partition(&topic, partition)?;
-                    let appended = target.append(batch, ack).await?;
-                    Ok(Reply::Appended(appended))
-                }
-                Op::Read {
-                    topic,
-                    partition,
-                    offset,
-                    limits,
-                    wait_ms,
-                } => self.read(&topic, partition, offset, limits, wait_ms).await,
-                Op::Describe { topic, partition } => {
-                    let target = self.local_partition(&topic, partition)?;
-                    Ok(Reply::Described(PartitionState {
-                        offsets: target.offsets(),
-                        size_bytes: target.size_bytes(),
-                        fault: target.fault(),
-                    }))
-                }
-                Op::OpenPartitions {
-                    topic,
-                    partitions,
-                    config,
-                } => {
-                    for partition in partitions {
-                        let id = PartitionId::new(&topic, partition);
-                        self.engine.open_partition(id, config.clone(), true).await?;
-                    }
-                    Ok(Reply::Done)
-                }
-                Op::RemovePartitions { topic, partitions } => {
-                    for partition in partitions {
-                        let id = PartitionId::new(&topic, partition);
-                        if self.engine.partition(&id).is_some() {
-                            self.engine.remove_partition(&id).await?;
-                        }
-                    }
-                    Ok(Reply::Done)
-                }
-                Op::CatalogUpsert(meta) => {
-                    self.catalog.borrow_mut().upsert(meta);
-                    Ok(Reply::Done)
-                }
-                Op::CatalogRemove(name) => {
-                    self.catalog.borrow_mut().remove(&name);
-                    Ok(Reply::Done)
-                }
-                Op::CreateTopic {
-                    name,
-                    partition_count,
-                    retention,
-                } => self.create_topic(name, partition_count, retention).await,
-                Op::DeleteTopic { name } => self.delete_topic(name).await,
-                Op::CommitOffset { group, entry } => {
-                    assert_eq!(group_owner(&group, self.shard_count), self.id);
-                    self.groups.commit(&group, entry).await?;
-                    Ok(Reply::Done)
-                }
-                Op::GetCommitted {
-                    group,
-                    topic,
-                    partition,
-                } => Ok(Reply::Committed(self.groups.get(&group, &topic, partition))),
-                Op::Metrics => Ok(Reply::Metrics(crate::metrics::render_shard(&self))),
+            Op::Read {
+                topic,
+                partition,
+                offset,
+                limits,
+                wait_ms,
+            } => self.read(&topic, partition, offset, limits, wait_ms).await,
+            Op::Describe { topic, partition } => {
+                let target = self.local_partition(&topic, partition)?;
+                Ok(Reply::Described(PartitionState {
+                    offsets: target.offsets(),
+                    size_bytes: target.size_bytes(),
+                    fault: target.fault(),
+                }))
             }
-        })
+            Op::OpenPartitions {
+                topic,
+                partitions,
+                config,
+            } => {
+                for partition in partitions {
+                    let id = PartitionId::new(&topic, partition);
+                    self.engine.open_partition(id, config.clone(), true).await?;
+                }
+                Ok(Reply::Done)
+            }
+            Op::RemovePartitions { topic, partitions } => {
+                for partition in partitions {
+                    let id = PartitionId::new(&topic, partition);
+                    if self.engine.partition(&id).is_some() {
+                        self.engine.remove_partition(&id).await?;
+                    }
+                }
+                Ok(Reply::Done)
+            }
+            Op::CatalogUpsert(meta) => {
+                self.catalog.borrow_mut().upsert(meta);
+                Ok(Reply::Done)
+            }
+            Op::CatalogRemove(name) => {
+                self.catalog.borrow_mut().remove(&name);
+                Ok(Reply::Done)
+            }
+            Op::CreateTopic {
+                name,
+                partition_count,
+                retention,
+            } => self.create_topic(name, partition_count, retention).await,
+            Op::DeleteTopic { name } => self.delete_topic(name).await,
+            Op::CommitOffset { group, entry } => {
+                assert_eq!(group_owner(&group, self.shard_count), self.id);
+                self.groups.commit(&group, entry).await?;
+                Ok(Reply::Done)
+            }
+            Op::GetCommitted {
+                group,
+                topic,
+                partition,
+            } => Ok(Reply::Committed(self.groups.get(&group, &topic, partition))),
+            Op::Metrics => Ok(Reply::Metrics(crate::metrics::render_shard(&self))),
+        }
     }
 
     /// A partition owned here. A faulted partition is still returned: the
@@ -314,6 +316,10 @@ impl ShardContext {
             .await;
         }
         let result = target.read(offset, limits).await?;
+        // Counted here, on the owner, where /metrics reports the partition.
+        let bytes: usize = result.records.iter().map(|r| r.value.len()).sum();
+        self.metrics
+            .record_fetch(topic, partition, result.records.len(), bytes);
         Ok(Reply::Read(result, target.offsets()))
     }
 
@@ -322,7 +328,7 @@ impl ShardContext {
     pub fn choose_partition(&self, topic: &str, partition_count: u32, key: Option<&[u8]>) -> u32 {
         assert!(partition_count > 0);
         if let Some(key) = key {
-            return (catalog::fnv1a_64(key) % u64::from(partition_count)) as u32;
+            return (shardlog_wire::client::fnv1a_64(key) % u64::from(partition_count)) as u32;
         }
         let mut round_robin = self.round_robin.borrow_mut();
         let next = round_robin
@@ -445,12 +451,22 @@ impl ShardContext {
     /// A malformed name is INVALID_ARGUMENT (the client must fix it), a
     /// well-formed unknown one NOT_FOUND.
     pub fn topic(&self, name: &str) -> Result<TopicMeta, Failure> {
+        self.with_topic(name, TopicMeta::clone)
+    }
+
+    /// Runs `read` on a topic's metadata in place (the request path: no copy
+    /// of the placement table per call). Name errors as for [`Self::topic`].
+    pub fn with_topic<T>(
+        &self,
+        name: &str,
+        read: impl FnOnce(&TopicMeta) -> T,
+    ) -> Result<T, Failure> {
         shardlog_engine::validate_topic_name(name).map_err(Failure::from)?;
-        self.catalog
-            .borrow()
+        let catalog = self.catalog.borrow();
+        let meta = catalog
             .topic(name)
-            .cloned()
-            .ok_or_else(|| Failure::unknown_topic(name))
+            .ok_or_else(|| Failure::unknown_topic(name))?;
+        Ok(read(meta))
     }
 
     /// Commits a group offset on the group's owner.

@@ -658,6 +658,8 @@ fn metrics_endpoint_reports_calls_and_partitions() {
             .await
             .expect("produce");
         let _ = log.fetch("missing", 0, 0).await;
+        // Counted on the owning shard, whichever shard the connection is on.
+        assert_eq!(log.fetch("m", 1, 0).await.expect("fetch").records.len(), 1);
     });
     let text = common::http_get(&metrics_addr, "/metrics");
     for needle in [
@@ -673,6 +675,14 @@ fn metrics_endpoint_reports_calls_and_partitions() {
     ] {
         assert!(text.contains(needle), "metrics lack {needle:?}:\n{text}");
     }
+    let fetched = text
+        .lines()
+        .find(|line| {
+            line.starts_with("shardlog_partition_fetched_records_total{")
+                && line.contains("topic=\"m\",partition=\"1\"}")
+        })
+        .unwrap_or_else(|| panic!("no fetch counter for m/1:\n{text}"));
+    assert!(fetched.ends_with("} 1"), "{fetched}");
     assert!(common::http_get(&metrics_addr, "/nope").is_empty());
 }
 
