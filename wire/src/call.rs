@@ -44,7 +44,9 @@ pub struct CallContext {
 struct ContextInner {
     method: &'static str,
     deadline: Option<Instant>,
-    peer_addr: Option<SocketAddr>,
+    connection: Rc<ConnectionInfo>,
+    /// Who the call acts for, once an interceptor authenticated it.
+    principal: OnceCell<Rc<str>>,
     cancelled: Event,
     /// Created on first request: the cross-core view of `cancelled`.
     cancel_token: OnceCell<CancelToken>,
@@ -69,6 +71,29 @@ impl CancelToken {
     }
 }
 
+/// What the transport knows about the peer of a connection; shared by every
+/// call on it.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionInfo {
+    /// The peer's socket address, when the transport has one.
+    pub peer_addr: Option<SocketAddr>,
+    /// Whether the connection is encrypted (TLS).
+    pub tls: bool,
+    /// The client's identity from a verified TLS client certificate (mTLS),
+    /// if it presented one.
+    pub tls_principal: Option<Rc<str>>,
+}
+
+impl ConnectionInfo {
+    /// A plaintext connection from `peer_addr`.
+    pub fn plaintext(peer_addr: Option<SocketAddr>) -> ConnectionInfo {
+        ConnectionInfo {
+            peer_addr,
+            ..ConnectionInfo::default()
+        }
+    }
+}
+
 impl CallContext {
     /// A context for `method` with an optional deadline and peer.
     pub fn new(
@@ -76,11 +101,22 @@ impl CallContext {
         deadline: Option<Instant>,
         peer_addr: Option<SocketAddr>,
     ) -> CallContext {
+        let connection = Rc::new(ConnectionInfo::plaintext(peer_addr));
+        CallContext::on_connection(method, deadline, connection)
+    }
+
+    /// A context for `method` on the connection described by `connection`.
+    pub fn on_connection(
+        method: &'static str,
+        deadline: Option<Instant>,
+        connection: Rc<ConnectionInfo>,
+    ) -> CallContext {
         CallContext {
             inner: Rc::new(ContextInner {
                 method,
                 deadline,
-                peer_addr,
+                connection,
+                principal: OnceCell::new(),
                 cancelled: Event::new(),
                 cancel_token: OnceCell::new(),
             }),
@@ -99,7 +135,25 @@ impl CallContext {
 
     /// The peer's socket address, when the transport has one.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
-        self.inner.peer_addr
+        self.inner.connection.peer_addr
+    }
+
+    /// What the transport knows about the call's connection (TLS, client
+    /// certificate identity).
+    pub fn connection(&self) -> &ConnectionInfo {
+        &self.inner.connection
+    }
+
+    /// Who the call acts for, as set by an [`Interceptor`](crate::server::Interceptor)
+    /// that authenticated it; `None` when nothing did.
+    pub fn principal(&self) -> Option<&str> {
+        self.inner.principal.get().map(|principal| &**principal)
+    }
+
+    /// Records who the call acts for. The first value set stays: a call is
+    /// authenticated once. Returns whether this call set it.
+    pub fn set_principal(&self, principal: Rc<str>) -> bool {
+        self.inner.principal.set(principal).is_ok()
     }
 
     /// Whether the call was cancelled (client reset, deadline, shutdown).
@@ -139,7 +193,8 @@ impl fmt::Debug for CallContext {
         f.debug_struct("CallContext")
             .field("method", &self.inner.method)
             .field("deadline", &self.inner.deadline)
-            .field("peer_addr", &self.inner.peer_addr)
+            .field("connection", &self.inner.connection)
+            .field("principal", &self.inner.principal.get())
             .field("cancelled", &self.is_cancelled())
             .finish()
     }

@@ -26,7 +26,9 @@ pub mod server;
 pub mod services;
 pub mod status;
 
-pub use call::{CallContext, CancelToken, Request, Response, ResponseSink, Streaming};
+pub use call::{
+    CallContext, CancelToken, ConnectionInfo, Request, Response, ResponseSink, Streaming,
+};
 pub use codec::Encoding;
 pub use error::WireError;
 pub use metadata::{Metadata, MetadataError, MetadataValue};

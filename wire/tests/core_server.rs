@@ -1037,3 +1037,48 @@ fn observer_sees_handler_and_library_statuses() {
         h.server.shutdown().await;
     });
 }
+
+#[test]
+fn interceptor_rejects_before_the_handler_and_records_the_principal() {
+    run(|| async {
+        let mut router = Router::new();
+        router
+            .unary(UNARY, |request: Request<Any>| async move {
+                let principal = request.context().principal().unwrap_or("-").to_owned();
+                Ok(Response::new(any("principal", principal)))
+            })
+            .intercept(|context: &CallContext, metadata: &Metadata| {
+                if metadata.get("x-token").is_some_and(|token| token == "good") {
+                    context.set_principal(Rc::from("alice"));
+                    return Ok(());
+                }
+                Err(Status::new(Code::UNAUTHENTICATED, "missing token"))
+            });
+        let server = Server::new(router, ServerConfig::default());
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        let addr = listener.local_addr().expect("local addr");
+        let serving = server.clone();
+        glommio::spawn_local(async move { serving.serve(listener).await.expect("serve") }).detach();
+        let channel = connect(addr).await;
+
+        let refused = channel
+            .unary::<Any, Any>(UNARY, &any("echo", b"x".to_vec()), options())
+            .await
+            .expect_err("no token");
+        assert_eq!(refused.code(), Code::UNAUTHENTICATED);
+        assert_eq!(refused.message(), "missing token");
+
+        let mut metadata = Metadata::new();
+        metadata.insert("x-token", "good").expect("valid metadata");
+        let admitted: Response<Any> = channel
+            .unary(
+                UNARY,
+                &any("echo", b"x".to_vec()),
+                options().with_metadata(metadata),
+            )
+            .await
+            .expect("token accepted");
+        assert_eq!(admitted.get_ref(), &any("principal", b"alice".to_vec()));
+        server.shutdown().await;
+    });
+}

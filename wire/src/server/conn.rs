@@ -7,7 +7,6 @@
 //! writes and the connection's flush happen in the same poll, so responses
 //! of many streams leave in one batched write.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -21,6 +20,7 @@ use h2::server::{Connection, SendResponse};
 use h2::{Ping, PingPong, Reason, RecvStream};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt as _};
 
+use crate::call::ConnectionInfo;
 use crate::error::WireError;
 use crate::event::{Event, EventWait};
 use crate::server::ServerShared;
@@ -52,7 +52,7 @@ impl Drop for ActiveConnection {
 pub(crate) async fn serve_connection<IO>(
     shared: Rc<ServerShared>,
     io: IO,
-    peer_addr: Option<SocketAddr>,
+    connection_info: ConnectionInfo,
 ) -> Result<(), WireError>
 where
     IO: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
@@ -69,7 +69,7 @@ where
             });
         }
     };
-    let mut driver = ConnectionDriver::new(shared, connection, peer_addr);
+    let mut driver = ConnectionDriver::new(shared, connection, Rc::new(connection_info));
     poll_fn(|cx| driver.poll(cx)).await
 }
 
@@ -88,7 +88,8 @@ struct Keepalive {
 struct ConnectionDriver<IO> {
     shared: Rc<ServerShared>,
     connection: H2Connection<IO>,
-    peer_addr: Option<SocketAddr>,
+    /// The peer, shared with every call's context.
+    info: Rc<ConnectionInfo>,
     /// Calls in flight; bounded by max_concurrent_streams, which h2
     /// enforces on the peer.
     calls: FuturesUnordered<LocalBoxFuture<'static, ()>>,
@@ -127,7 +128,7 @@ where
     fn new(
         shared: Rc<ServerShared>,
         mut connection: H2Connection<IO>,
-        peer_addr: Option<SocketAddr>,
+        info: Rc<ConnectionInfo>,
     ) -> Self {
         let config = &shared.config;
         let keepalive = config.keepalive_interval.and_then(|interval| {
@@ -149,7 +150,7 @@ where
         ConnectionDriver {
             shared,
             connection,
-            peer_addr,
+            info,
             calls: FuturesUnordered::new(),
             drain,
             draining: false,
@@ -218,13 +219,13 @@ where
 
     fn accept_call(&mut self, request: http::Request<RecvStream>, respond: SendResponse<Bytes>) {
         self.calls_started += 1;
-        if let Some(call) = prepare_call(&self.shared, request, respond, self.peer_addr) {
+        if let Some(call) = prepare_call(&self.shared, request, respond, &self.info) {
             self.calls.push(call);
         }
     }
 
     fn start_drain(&mut self) {
-        tracing::debug!(peer = ?self.peer_addr, "draining connection");
+        tracing::debug!(peer = ?self.info.peer_addr, "draining connection");
         self.connection.graceful_shutdown();
         self.shutting_down = true;
         self.draining = true;
@@ -268,7 +269,7 @@ where
             && self.idle_for >= idle_timeout
             && !self.shutting_down
         {
-            tracing::debug!(peer = ?self.peer_addr, "idle timeout: closing connection");
+            tracing::debug!(peer = ?self.info.peer_addr, "idle timeout: closing connection");
             self.connection.graceful_shutdown();
             self.shutting_down = true;
         }

@@ -3,7 +3,6 @@
 //! immediate answers the protocol asks for, and the request/response halves
 //! handed to the method's driver (see `drive`).
 
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +12,7 @@ use h2::RecvStream;
 use h2::server::SendResponse;
 use http::{HeaderValue, Method as HttpMethod, StatusCode};
 
-use crate::call::{CallContext, Request, Streaming};
+use crate::call::{CallContext, ConnectionInfo, Request, Streaming};
 use crate::codec::{ACCEPT_ENCODING, Encoding};
 use crate::headers::{self, GRPC_ACCEPT_ENCODING, GRPC_ENCODING, GRPC_TIMEOUT};
 use crate::metadata::{Metadata, parse_timeout};
@@ -134,7 +133,7 @@ pub(crate) fn prepare_call(
     shared: &ServerShared,
     request: http::Request<RecvStream>,
     respond: SendResponse<Bytes>,
-    peer_addr: Option<SocketAddr>,
+    connection: &Rc<ConnectionInfo>,
 ) -> Option<LocalBoxFuture<'static, ()>> {
     let (parts, body) = request.into_parts();
     let accepted = match check_request(shared, &parts) {
@@ -153,11 +152,22 @@ pub(crate) fn prepare_call(
     let deadline = accepted
         .timeout
         .and_then(|timeout| Instant::now().checked_add(timeout));
+    let context = CallContext::on_connection(accepted.method_path, deadline, connection.clone());
+    let metadata = Metadata::from_headers(parts.headers);
+    if let Some(interceptor) = shared.router.interceptor()
+        && let Err(status) = interceptor.intercept(&context, &metadata)
+    {
+        if let Some(report) = Report::new(shared, Some(accepted.method_path)) {
+            report.finish(status.code());
+        }
+        reject(respond, Rejection::Grpc(status));
+        return None;
+    }
     let max_message_bytes = shared.config.max_message_bytes;
     let call = IncomingCall {
         request: CallRequest {
-            context: CallContext::new(accepted.method_path, deadline, peer_addr),
-            metadata: Metadata::from_headers(parts.headers),
+            context,
+            metadata,
             body,
             encoding: accepted.encoding,
             max_message_bytes,

@@ -34,16 +34,16 @@ mod drive;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
 use futures_util::future::{Either, select};
 
-use crate::call::{Request, Response, ResponseSink, Streaming};
+use crate::call::{CallContext, ConnectionInfo, Request, Response, ResponseSink, Streaming};
 use crate::codec::MESSAGE_BYTES_MAX_DEFAULT;
 use crate::error::WireError;
 use crate::event::{Event, EventWait, wait_until};
+use crate::metadata::Metadata;
 use crate::status::{Code, Status};
 
 use dispatch::Method;
@@ -53,6 +53,24 @@ use drive::{BidiStreamingMethod, ClientStreamingMethod, ServerStreamingMethod, U
 #[derive(Default)]
 pub struct Router {
     methods: HashMap<&'static str, Rc<dyn Method>>,
+    interceptor: Option<Rc<dyn Interceptor>>,
+}
+
+/// Runs before the handler of every routed call, e.g. to authenticate it
+/// (and record who it acts for with [`CallContext::set_principal`]). An
+/// error becomes the call's status, sent at once; the handler never runs.
+pub trait Interceptor {
+    /// Admits the call or says why not.
+    fn intercept(&self, context: &CallContext, metadata: &Metadata) -> Result<(), Status>;
+}
+
+impl<F> Interceptor for F
+where
+    F: Fn(&CallContext, &Metadata) -> Result<(), Status>,
+{
+    fn intercept(&self, context: &CallContext, metadata: &Metadata) -> Result<(), Status> {
+        self(context, metadata)
+    }
 }
 
 impl std::fmt::Debug for Router {
@@ -131,6 +149,18 @@ impl Router {
         Fut: Future<Output = Result<(), Status>> + 'static,
     {
         self.add(path, Rc::new(BidiStreamingMethod::new(handler)))
+    }
+
+    /// Runs `interceptor` before every call's handler (replacing any set
+    /// before). Calls to unknown methods are answered UNIMPLEMENTED without
+    /// reaching it.
+    pub fn intercept(&mut self, interceptor: impl Interceptor + 'static) -> &mut Self {
+        self.interceptor = Some(Rc::new(interceptor));
+        self
+    }
+
+    pub(crate) fn interceptor(&self) -> Option<&Rc<dyn Interceptor>> {
+        self.interceptor.as_ref()
     }
 
     /// Fully qualified names of the registered services, sorted, unique
@@ -428,15 +458,16 @@ impl Server {
     }
 
     /// Serves one accepted connection until it closes or the server drains.
+    /// `connection` describes the peer to every call's [`CallContext`].
     pub async fn serve_connection<IO>(
         &self,
         io: IO,
-        peer: Option<SocketAddr>,
+        connection: ConnectionInfo,
     ) -> Result<(), WireError>
     where
         IO: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
     {
-        conn::serve_connection(self.shared.clone(), io, peer).await
+        conn::serve_connection(self.shared.clone(), io, connection).await
     }
 
     /// Accept loop on `listener`: spawns [`serve_connection`](Self::serve_connection)
@@ -475,7 +506,8 @@ impl Server {
         let peer = stream.peer_addr().ok();
         let server = self.clone();
         glommio::spawn_local(async move {
-            if let Err(error) = server.serve_connection(stream, peer).await {
+            let connection = ConnectionInfo::plaintext(peer);
+            if let Err(error) = server.serve_connection(stream, connection).await {
                 tracing::debug!(?peer, %error, "connection ended with an error");
             }
         })
