@@ -55,6 +55,20 @@ pub struct Cli {
     /// Log format: "text" or "json".
     #[arg(long, value_name = "FORMAT", env = "SHARDLOG_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// A tool to run instead of the server.
+    #[command(subcommand)]
+    pub command: Option<CliCommand>,
+}
+
+/// Subcommands of the `shardlog` binary (without one, it serves).
+#[derive(Debug, clap::Subcommand)]
+pub enum CliCommand {
+    /// Reads a bearer token on stdin (one trailing newline is dropped) and
+    /// prints its token-file line: the SHA-256 hex digest, then PRINCIPAL.
+    HashToken {
+        /// The principal the token authenticates as.
+        principal: Option<String>,
+    },
 }
 
 /// The whole configuration, as read from TOML (every field optional there).
@@ -85,6 +99,12 @@ pub struct Config {
     pub transport: TransportConfig,
     /// Fault injection for tests; never set in production.
     pub testing: TestingConfig,
+    /// Authentication (`[auth]`).
+    pub auth: crate::security::AuthConfig,
+    /// Topic ACL rules (`[[acl]]`), enforced when auth is on.
+    pub acl: Vec<crate::security::acl::AclRuleConfig>,
+    /// Per-principal rate limits (`[quotas]`).
+    pub quotas: crate::security::quota::QuotasConfig,
 }
 
 /// Test-only fault injection at the engine's storage boundary (io_uring
@@ -191,6 +211,9 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             transport: TransportConfig::default(),
             testing: TestingConfig::default(),
+            auth: crate::security::AuthConfig::default(),
+            acl: Vec::new(),
+            quotas: crate::security::quota::QuotasConfig::default(),
         }
     }
 }

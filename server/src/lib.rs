@@ -15,6 +15,7 @@ pub mod meta_store;
 pub mod metrics;
 pub mod ops;
 pub mod runtime;
+pub mod security;
 pub mod service;
 pub mod shard;
 pub mod storage;

@@ -3,11 +3,14 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use shardlog_server::config::{Cli, Config};
+use shardlog_server::config::{Cli, CliCommand, Config};
 use shardlog_server::runtime;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(CliCommand::HashToken { principal }) = &cli.command {
+        return hash_token(principal.as_deref());
+    }
     let config = match Config::load(&cli) {
         Ok(config) => config,
         Err(error) => {
@@ -47,5 +50,30 @@ fn init_logging(format: &str) {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+/// `shardlog hash-token [PRINCIPAL]`: prints the token-file line for the
+/// token on stdin, so operators never hash by hand. The token is never
+/// echoed, even in errors.
+fn hash_token(principal: Option<&str>) -> ExitCode {
+    let mut token = String::new();
+    if let Err(error) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut token) {
+        eprintln!("shardlog hash-token: cannot read the token from stdin: {error}");
+        return ExitCode::from(2);
+    }
+    let token = token
+        .strip_suffix('\n')
+        .map(|rest| rest.strip_suffix('\r').unwrap_or(rest))
+        .unwrap_or(&token);
+    match shardlog_server::security::tokens::token_file_line(token, principal) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("shardlog hash-token: {error}");
+            ExitCode::from(2)
+        }
     }
 }

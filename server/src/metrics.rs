@@ -3,7 +3,7 @@
 //! asks every shard for its samples across the mesh and renders the text
 //! exposition format, one `shard` label per sample.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::rc::Rc;
@@ -14,6 +14,8 @@ use shardlog_wire::Code;
 use tracing::warn;
 
 use crate::ops::{Op, Reply};
+use crate::security::quota::QuotaKind;
+use crate::security::{AuthFailure, Operation};
 use crate::shard::ShardContext;
 
 /// Upper bounds of the request latency histogram, in seconds.
@@ -45,6 +47,16 @@ struct FetchStats {
 pub struct ShardMetrics {
     methods: RefCell<BTreeMap<(&'static str, &'static str), MethodStats>>,
     fetches: RefCell<BTreeMap<String, BTreeMap<u32, FetchStats>>>,
+    security: SecurityStats,
+}
+
+/// Security counters: no principal or token in any label (tokens never
+/// reach metrics; principals would be unbounded label values).
+#[derive(Default)]
+struct SecurityStats {
+    auth_failures: [Cell<u64>; AuthFailure::ALL.len()],
+    denied: RefCell<BTreeMap<&'static str, u64>>,
+    throttled: [Cell<u64>; QuotaKind::ALL.len()],
 }
 
 impl ShardMetrics {
@@ -80,6 +92,35 @@ impl ShardMetrics {
         let stats = by_partition.entry(partition).or_default();
         stats.records += records as u64;
         stats.bytes += bytes as u64;
+    }
+}
+
+impl ShardMetrics {
+    /// Counts a call refused UNAUTHENTICATED.
+    pub fn record_auth_failure(&self, failure: AuthFailure) {
+        let index = AuthFailure::ALL
+            .iter()
+            .position(|&f| f == failure)
+            .unwrap_or(0);
+        let counter = &self.security.auth_failures[index];
+        counter.set(counter.get() + 1);
+    }
+
+    /// Counts a call refused PERMISSION_DENIED by the ACLs.
+    pub fn record_denied(&self, operation: Operation) {
+        *self
+            .security
+            .denied
+            .borrow_mut()
+            .entry(operation.name())
+            .or_default() += 1;
+    }
+
+    /// Counts a call refused RESOURCE_EXHAUSTED by a quota.
+    pub fn record_throttled(&self, kind: QuotaKind) {
+        let index = QuotaKind::ALL.iter().position(|&k| k == kind).unwrap_or(0);
+        let counter = &self.security.throttled[index];
+        counter.set(counter.get() + 1);
     }
 }
 
@@ -205,6 +246,62 @@ const FAMILIES: [(&str, &str, &str); 18] = [
     ),
 ];
 
+/// Security metric families (kept apart from [`FAMILIES`] so other metric
+/// additions merge cleanly).
+const SECURITY_FAMILIES: [(&str, &str, &str); 3] = [
+    (
+        "shardlog_auth_failures_total",
+        "counter",
+        "Calls refused UNAUTHENTICATED, by reason.",
+    ),
+    (
+        "shardlog_acl_denied_total",
+        "counter",
+        "Calls refused PERMISSION_DENIED by the ACLs, by operation.",
+    ),
+    (
+        "shardlog_quota_throttled_total",
+        "counter",
+        "Calls refused RESOURCE_EXHAUSTED by a per-principal quota, by limit.",
+    ),
+];
+
+/// Every metric family, in rendering order.
+fn all_families() -> impl Iterator<Item = &'static (&'static str, &'static str, &'static str)> {
+    FAMILIES.iter().chain(SECURITY_FAMILIES.iter())
+}
+
+fn render_security(shard: &ShardContext, out: &mut String) {
+    let id = shard.id;
+    let stats = &shard.metrics.security;
+    for (failure, count) in AuthFailure::ALL.iter().zip(&stats.auth_failures) {
+        let labels = format!(",reason=\"{}\"", failure.label());
+        sample(
+            out,
+            "shardlog_auth_failures_total",
+            "",
+            id,
+            &labels,
+            count.get(),
+        );
+    }
+    for (operation, count) in stats.denied.borrow().iter() {
+        let labels = format!(",operation=\"{operation}\"");
+        sample(out, "shardlog_acl_denied_total", "", id, &labels, count);
+    }
+    for (kind, count) in QuotaKind::ALL.iter().zip(&stats.throttled) {
+        let labels = format!(",limit=\"{}\"", kind.label());
+        sample(
+            out,
+            "shardlog_quota_throttled_total",
+            "",
+            id,
+            &labels,
+            count.get(),
+        );
+    }
+}
+
 /// Appends one sample line, tagged with its family for grouping.
 fn sample(
     out: &mut String,
@@ -323,6 +420,7 @@ pub fn render_shard(shard: &ShardContext) -> String {
         "",
         busy.as_secs_f64(),
     );
+    render_security(shard, &mut out);
     out
 }
 
@@ -336,14 +434,14 @@ pub async fn render_all(shard: &Rc<ShardContext>) -> String {
         };
         for entry in text.lines() {
             if let Some((family, sample)) = entry.split_once('\t')
-                && let Some((name, _, _)) = FAMILIES.iter().find(|(name, _, _)| *name == family)
+                && let Some((name, _, _)) = all_families().find(|(name, _, _)| *name == family)
             {
                 by_family.entry(name).or_default().push(sample.to_owned());
             }
         }
     }
     let mut out = String::new();
-    for (name, kind, help) in FAMILIES {
+    for (name, kind, help) in all_families() {
         let Some(samples) = by_family.get(name) else {
             continue;
         };

@@ -8,6 +8,10 @@ use shardlog_wire::{Code, Status};
 
 use crate::catalog::{TopicMeta, TopicRetention};
 use crate::groups::{CommittedOffset, GroupError};
+use crate::security::quota::QuotaTicket;
+
+/// Trailer giving a throttled client the milliseconds to wait before a retry.
+pub const RETRY_AFTER_MS_TRAILER: &str = "retry-after-ms";
 
 /// One operation, addressed to the shard that owns its subject.
 pub enum Op {
@@ -21,6 +25,8 @@ pub enum Op {
         batch: AppendBatch,
         /// When to acknowledge.
         ack: AckLevel,
+        /// Whose produce quota it uses, if one applies.
+        quota: Option<QuotaTicket>,
     },
     /// Read records from a local partition, optionally waiting for new ones.
     Read {
@@ -34,6 +40,8 @@ pub enum Op {
         limits: ReadLimits,
         /// Wait up to this long for records at `offset`.
         wait_ms: u64,
+        /// Whose fetch quota it uses, if one applies.
+        quota: Option<QuotaTicket>,
     },
     /// Describe a local partition.
     Describe {
@@ -150,6 +158,9 @@ pub struct Failure {
     pub code: Code,
     /// What went wrong, for humans.
     pub message: String,
+    /// For a throttled call: when a retry would be admitted (sent as the
+    /// [`RETRY_AFTER_MS_TRAILER`] trailer).
+    pub retry_after_ms: Option<u64>,
 }
 
 impl Failure {
@@ -158,6 +169,7 @@ impl Failure {
         Self {
             code,
             message: message.into(),
+            retry_after_ms: None,
         }
     }
 
@@ -177,7 +189,14 @@ impl Failure {
 
 impl From<Failure> for Status {
     fn from(failure: Failure) -> Self {
-        Status::new(failure.code, failure.message)
+        let mut status = Status::new(failure.code, failure.message);
+        if let Some(retry_after_ms) = failure.retry_after_ms {
+            // A decimal number is always a valid metadata value.
+            let _ = status
+                .metadata_mut()
+                .insert(RETRY_AFTER_MS_TRAILER, &retry_after_ms.to_string());
+        }
+        status
     }
 }
 

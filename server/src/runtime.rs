@@ -28,6 +28,7 @@ use crate::catalog::{self, Catalog};
 use crate::config::Config;
 use crate::groups::GroupStore;
 use crate::mesh::{Envelope, Executor, Mesh};
+use crate::security::SecurityPolicy;
 use crate::shard::ShardContext;
 
 /// How often the main thread checks that every shard is alive.
@@ -84,6 +85,7 @@ struct ShardStart {
     drained: Arc<Rendezvous>,
     closed: Arc<Rendezvous>,
     shutdown: flume::Receiver<()>,
+    security: Arc<SecurityPolicy>,
 }
 
 /// Runs the server until shutdown. `on_listening` is called once with the
@@ -97,6 +99,12 @@ pub fn run(config: Config, on_listening: impl FnOnce(SocketAddr)) -> Result<(), 
         ))
     })?;
     let _lock = lock_data_dir(&config.data_dir)?;
+    let security = Arc::new(
+        SecurityPolicy::from_config(&config).map_err(|e| RunError::Startup(e.to_string()))?,
+    );
+    if security.auth_enabled() {
+        info!(tokens = security.token_count(), "authentication on");
+    }
     let shards = config.shards;
     let catalog = catalog::load(&config.data_dir, shards as u32)
         .map_err(|e| RunError::Startup(e.to_string()))?;
@@ -126,6 +134,7 @@ pub fn run(config: Config, on_listening: impl FnOnce(SocketAddr)) -> Result<(), 
             drained: drained.clone(),
             closed: closed.clone(),
             shutdown,
+            security: security.clone(),
         };
         let placement = if config.pin_cpus {
             Placement::Fixed(config.cpu_of_shard(id))
@@ -231,6 +240,7 @@ async fn run_shard(
         start.catalog,
         groups,
         mesh.clone(),
+        start.security,
     );
 
     let executor: Executor = {
@@ -294,7 +304,33 @@ fn build_router(shard: &Rc<ShardContext>, health: &HealthReporter) -> Router {
     services.sort();
     services.dedup();
     shardlog_wire::services::reflection::register(&mut router, services);
+    if shard.security.auth_enabled() {
+        install_authentication(&mut router, shard);
+    }
     router
+}
+
+/// Authenticates every call but health checks before its handler runs
+/// (handlers then authorise per topic). Holds the shard weakly: the router
+/// is owned by the shard's server.
+fn install_authentication(router: &mut Router, shard: &Rc<ShardContext>) {
+    let shard = Rc::downgrade(shard);
+    router.intercept(
+        move |context: &shardlog_wire::CallContext, metadata: &shardlog_wire::Metadata| {
+            let Some(shard) = shard.upgrade() else {
+                return Err(shardlog_wire::Status::unavailable(
+                    "server is shutting down",
+                ));
+            };
+            shard
+                .security
+                .authenticate(context, metadata)
+                .map_err(|failure| {
+                    shard.metrics.record_auth_failure(failure);
+                    crate::security::unauthenticated(failure)
+                })
+        },
+    );
 }
 
 fn spawn_metrics_endpoint(shard: &Rc<ShardContext>, address: Option<SocketAddr>) {

@@ -12,11 +12,13 @@ use shardlog_engine::{
 };
 use shardlog_wire::proto::shardlog::v1 as pb;
 use shardlog_wire::server::Router;
-use shardlog_wire::{Code, Request, Response, ResponseSink, Status, Streaming};
+use shardlog_wire::{CallContext, Code, Request, Response, ResponseSink, Status, Streaming};
 
 use crate::catalog::{TopicMeta, TopicRetention};
 use crate::groups::CommittedOffset;
-use crate::ops::{Failure, Op, Reply};
+use crate::ops::{Failure, Op, RETRY_AFTER_MS_TRAILER, Reply};
+use crate::security::Operation;
+use crate::security::quota::{QuotaKind, QuotaTicket};
 use crate::shard::{CATALOG_SHARD, ShardContext};
 
 /// How long one Subscribe long-poll waits before checking for shutdown.
@@ -58,6 +60,49 @@ pub fn register(router: &mut Router, shard: &Rc<ShardContext>) {
     });
 }
 
+/// Authorises `operation` on `topic` for the call's principal (before the
+/// topic is looked up), counting refusals.
+fn authorize(
+    shard: &ShardContext,
+    context: &CallContext,
+    operation: Operation,
+    topic: &str,
+) -> Result<(), Status> {
+    shard
+        .security
+        .authorize(context, operation, topic)
+        .inspect_err(|_| shard.metrics.record_denied(operation))
+}
+
+/// Charges one request to the caller's requests/s quota on this shard (the
+/// calls that do not go to a partition's owner).
+fn charge_request(shard: &ShardContext, context: &CallContext) -> Result<(), Status> {
+    let Some(principal) = shard.security.quota_principal(context) else {
+        return Ok(());
+    };
+    let ticket = QuotaTicket {
+        principal,
+        counts_as_request: true,
+    };
+    shard.admit_quota(&ticket, &[(QuotaKind::Requests, 1)])?;
+    Ok(())
+}
+
+/// The quota ticket a produce or fetch carries to the partition's owner.
+fn quota_ticket(
+    shard: &ShardContext,
+    context: &CallContext,
+    counts_as_request: bool,
+) -> Option<QuotaTicket> {
+    shard
+        .security
+        .quota_principal(context)
+        .map(|principal| QuotaTicket {
+            principal,
+            counts_as_request,
+        })
+}
+
 fn refuse_when_draining(shard: &ShardContext) -> Result<(), Status> {
     if shard.draining.get() {
         return Err(Status::new(
@@ -73,7 +118,9 @@ async fn create_topic(
     request: Request<pb::CreateTopicRequest>,
 ) -> Result<pb::CreateTopicResponse, Status> {
     refuse_when_draining(shard)?;
-    let request = request.into_inner();
+    let (context, request) = (request.context().clone(), request.into_inner());
+    authorize(shard, &context, Operation::Create, &request.topic)?;
+    charge_request(shard, &context)?;
     let retention = request.retention.unwrap_or_default();
     let op = Op::CreateTopic {
         name: request.topic,
@@ -97,7 +144,9 @@ async fn delete_topic(
     request: Request<pb::DeleteTopicRequest>,
 ) -> Result<pb::DeleteTopicResponse, Status> {
     refuse_when_draining(shard)?;
-    let name = request.into_inner().topic;
+    let (context, name) = (request.context().clone(), request.into_inner().topic);
+    authorize(shard, &context, Operation::Delete, &name)?;
+    charge_request(shard, &context)?;
     shard
         .call(CATALOG_SHARD, Op::DeleteTopic { name }, None)
         .await?;
@@ -106,12 +155,16 @@ async fn delete_topic(
 
 async fn list_topics(
     shard: &Rc<ShardContext>,
-    _request: Request<pb::ListTopicsRequest>,
+    request: Request<pb::ListTopicsRequest>,
 ) -> Result<pb::ListTopicsResponse, Status> {
+    let context = request.context();
+    charge_request(shard, context)?;
+    // Only what the principal may describe is listed.
     let topics = shard
         .catalog
         .borrow()
         .topics()
+        .filter(|meta| shard.security.may(context, Operation::Describe, &meta.name))
         .map(|meta| meta.name.clone())
         .collect();
     Ok(pb::ListTopicsResponse { topics })
@@ -121,7 +174,10 @@ async fn describe_topic(
     shard: &Rc<ShardContext>,
     request: Request<pb::DescribeTopicRequest>,
 ) -> Result<pb::DescribeTopicResponse, Status> {
-    let meta = shard.topic(&request.into_inner().topic)?;
+    let (context, topic) = (request.context().clone(), request.into_inner().topic);
+    authorize(shard, &context, Operation::Describe, &topic)?;
+    charge_request(shard, &context)?;
+    let meta = shard.topic(&topic)?;
     Ok(pb::DescribeTopicResponse {
         topic: Some(describe(shard, &meta).await?),
     })
@@ -219,9 +275,11 @@ impl Drop for ProduceAdmission {
 
 fn prepare_produce(
     shard: &Rc<ShardContext>,
+    context: &CallContext,
     request: pb::ProduceRequest,
 ) -> Result<PreparedProduce, Status> {
     refuse_when_draining(shard)?;
+    authorize(shard, context, Operation::Produce, &request.topic)?;
     // One catalog lookup routes the batch: explicit partition, else the first
     // record's key hash, else round robin.
     let key = request
@@ -283,6 +341,7 @@ fn prepare_produce(
             partition,
             batch: AppendBatch { records, producer },
             ack,
+            quota: quota_ticket(shard, context, true),
         },
         _admission: admission,
     })
@@ -380,8 +439,9 @@ async fn produce(
     shard: &Rc<ShardContext>,
     request: Request<pb::ProduceRequest>,
 ) -> Result<pb::ProduceResponse, Status> {
-    let deadline = request.context().deadline();
-    let prepared = prepare_produce(shard, request.into_inner())?;
+    let (context, request) = (request.context().clone(), request.into_inner());
+    let prepared = prepare_produce(shard, &context, request)?;
+    let deadline = context.deadline();
     run_produce(shard.clone(), prepared, deadline).await
 }
 
@@ -391,16 +451,17 @@ async fn produce(
 async fn pipeline(
     shard: Rc<ShardContext>,
     mut input: Streaming<pb::ProduceRequest>,
-    deadline: Option<Instant>,
+    context: CallContext,
     mut on_done: impl AsyncFnMut(String, pb::ProduceResponse) -> Result<(), Status>,
 ) -> Result<(), Status> {
     type Started = glommio::task::JoinHandle<Result<pb::ProduceResponse, Status>>;
     let window = shard.config.limits.stream_inflight_max;
+    let deadline = context.deadline();
     let (started_tx, started_rx) =
         glommio::channels::local_channel::new_bounded::<(String, Started)>(window);
     let reader = async {
         while let Some(request) = input.message().await? {
-            let prepared = prepare_produce(&shard, request)?;
+            let prepared = prepare_produce(&shard, &context, request)?;
             let topic = prepared.topic.clone();
             let task =
                 glommio::spawn_local(run_produce(shard.clone(), prepared, deadline)).detach();
@@ -430,10 +491,10 @@ async fn produce_stream(
     request: Request<Streaming<pb::ProduceRequest>>,
     sink: ResponseSink<pb::ProduceResponse>,
 ) -> Result<(), Status> {
-    let deadline = request.context().deadline();
+    let context = request.context().clone();
     let input = request.into_inner();
     let mut sink = sink;
-    pipeline(shard, input, deadline, async |_topic, response| {
+    pipeline(shard, input, context, async |_topic, response| {
         sink.send(response).await
     })
     .await
@@ -474,10 +535,10 @@ async fn append(
     shard: &Rc<ShardContext>,
     request: Request<Streaming<pb::ProduceRequest>>,
 ) -> Result<pb::AppendSummary, Status> {
-    let deadline = request.context().deadline();
+    let context = request.context().clone();
     let input = request.into_inner();
     let mut tally = AppendTally::default();
-    pipeline(shard.clone(), input, deadline, async |topic, response| {
+    pipeline(shard.clone(), input, context, async |topic, response| {
         tally.add(topic, &response);
         Ok(())
     })
@@ -525,6 +586,7 @@ struct ReadTarget<'a> {
     topic: &'a str,
     partition: u32,
     limits: ReadLimits,
+    quota: Option<QuotaTicket>,
 }
 
 async fn read(
@@ -541,6 +603,7 @@ async fn read(
         offset,
         limits: target.limits,
         wait_ms,
+        quota: target.quota.clone(),
     };
     let (result, offsets) = match shard.call(target.owner, op, deadline).await? {
         Reply::Read(result, offsets) => (result, offsets),
@@ -588,13 +651,15 @@ async fn fetch(
     shard: &Rc<ShardContext>,
     request: Request<pb::FetchRequest>,
 ) -> Result<pb::FetchResponse, Status> {
-    let deadline = request.context().deadline();
-    let request = request.into_inner();
+    let (context, request) = (request.context().clone(), request.into_inner());
+    let deadline = context.deadline();
+    authorize(shard, &context, Operation::Fetch, &request.topic)?;
     let target = ReadTarget {
         owner: read_target(shard, &request.topic, request.partition)?,
         topic: &request.topic,
         partition: request.partition,
         limits: read_limits(shard, request.max_bytes, request.max_records),
+        quota: quota_ticket(shard, &context, true),
     };
     let wait_ms = bounded_wait_ms(shard, request.max_wait_ms, deadline);
     read(shard, &target, request.offset, wait_ms, deadline).await
@@ -605,12 +670,16 @@ async fn subscribe(
     request: Request<pb::SubscribeRequest>,
     mut sink: ResponseSink<pb::FetchResponse>,
 ) -> Result<(), Status> {
-    let request = request.into_inner();
+    let (context, request) = (request.context().clone(), request.into_inner());
+    authorize(&shard, &context, Operation::Fetch, &request.topic)?;
+    // The subscription is one request; its reads count only as bytes.
+    charge_request(&shard, &context)?;
     let target = ReadTarget {
         owner: read_target(&shard, &request.topic, request.partition)?,
         topic: &request.topic,
         partition: request.partition,
         limits: read_limits(&shard, request.max_bytes, 0),
+        quota: quota_ticket(&shard, &context, false),
     };
     let mut offset = request.offset;
     // Headers now, so the client sees the subscription established before
@@ -618,7 +687,15 @@ async fn subscribe(
     sink.send_headers(shardlog_wire::Metadata::new())?;
     loop {
         refuse_when_draining(&shard)?;
-        let response = read(&shard, &target, offset, SUBSCRIBE_POLL_MS, None).await?;
+        let response = match read(&shard, &target, offset, SUBSCRIBE_POLL_MS, None).await {
+            // Over its fetch quota, a subscription is paced, not ended: no
+            // read happens until the hinted time (nothing is buffered).
+            Err(status) if let Some(wait_ms) = throttled_for_ms(&status) => {
+                glommio::timer::sleep(std::time::Duration::from_millis(wait_ms)).await;
+                continue;
+            }
+            other => other?,
+        };
         if response.records.is_empty() {
             continue;
         }
@@ -629,12 +706,22 @@ async fn subscribe(
     }
 }
 
+/// The retry hint of a quota refusal, if `status` is one.
+fn throttled_for_ms(status: &Status) -> Option<u64> {
+    if status.code() != Code::RESOURCE_EXHAUSTED {
+        return None;
+    }
+    status.metadata().get(RETRY_AFTER_MS_TRAILER)?.parse().ok()
+}
+
 async fn commit_offset(
     shard: &Rc<ShardContext>,
     request: Request<pb::CommitOffsetRequest>,
 ) -> Result<pb::CommitOffsetResponse, Status> {
     refuse_when_draining(shard)?;
-    let request = request.into_inner();
+    let (context, request) = (request.context().clone(), request.into_inner());
+    authorize(shard, &context, Operation::Commit, &request.topic)?;
+    charge_request(shard, &context)?;
     validate_group(&request.group)?;
     read_target(shard, &request.topic, request.partition)?;
     let entry = CommittedOffset {
@@ -651,7 +738,9 @@ async fn get_committed_offset(
     shard: &Rc<ShardContext>,
     request: Request<pb::GetCommittedOffsetRequest>,
 ) -> Result<pb::GetCommittedOffsetResponse, Status> {
-    let request = request.into_inner();
+    let (context, request) = (request.context().clone(), request.into_inner());
+    authorize(shard, &context, Operation::Commit, &request.topic)?;
+    charge_request(shard, &context)?;
     validate_group(&request.group)?;
     read_target(shard, &request.topic, request.partition)?;
     let owner = crate::groups::group_owner(&request.group, shard.shard_count);

@@ -25,6 +25,8 @@ use crate::groups::{CommittedOffset, GroupStore, group_owner};
 use crate::mesh::{Admission, Mesh};
 use crate::metrics::ShardMetrics;
 use crate::ops::{Failure, Op, PartitionState, Reply};
+use crate::security::quota::{QuotaKind, QuotaTicket};
+use crate::security::{SecurityPolicy, ShardSecurity};
 
 /// Shard that owns the catalog and executes topic creation and deletion.
 pub const CATALOG_SHARD: usize = 0;
@@ -57,6 +59,8 @@ pub struct ShardContext {
     pub produce_inflight_bytes: Cell<usize>,
     /// This shard's gRPC server, once it serves (for connection metrics).
     pub server: std::cell::OnceCell<shardlog_wire::server::Server>,
+    /// Authentication, ACLs and this shard's quota buckets.
+    pub security: ShardSecurity,
 }
 
 type OpFuture = Pin<Box<dyn Future<Output = Result<Reply, Failure>>>>;
@@ -70,6 +74,7 @@ impl ShardContext {
         catalog: Catalog,
         groups: GroupStore,
         mesh: Rc<Mesh>,
+        security: Arc<SecurityPolicy>,
     ) -> Rc<Self> {
         Rc::new(Self {
             id,
@@ -85,6 +90,7 @@ impl ShardContext {
             draining: Cell::new(false),
             produce_inflight_bytes: Cell::new(0),
             server: std::cell::OnceCell::new(),
+            security: ShardSecurity::new(security),
         })
     }
 
@@ -199,8 +205,17 @@ impl ShardContext {
                 partition,
                 batch,
                 ack,
+                quota,
             } => {
                 let target = self.local_partition(&topic, partition)?;
+                if let Some(ticket) = &quota {
+                    let bytes: usize = batch.records.iter().map(record_bytes).sum();
+                    let cost = [
+                        (QuotaKind::Requests, 1),
+                        (QuotaKind::ProduceBytes, bytes as u64),
+                    ];
+                    self.admit_quota(ticket, &cost)?;
+                }
                 let appended = target.append(batch, ack).await?;
                 Ok(Reply::Appended(appended))
             }
@@ -210,7 +225,11 @@ impl ShardContext {
                 offset,
                 limits,
                 wait_ms,
-            } => self.read(&topic, partition, offset, limits, wait_ms).await,
+                quota,
+            } => {
+                let read = self.read(&topic, partition, offset, limits, wait_ms, quota.as_ref());
+                read.await
+            }
             Op::Describe { topic, partition } => {
                 let target = self.local_partition(&topic, partition)?;
                 Ok(Reply::Described(PartitionState {
@@ -295,8 +314,18 @@ impl ShardContext {
         offset: u64,
         limits: shardlog_engine::ReadLimits,
         wait_ms: u64,
+        quota: Option<&QuotaTicket>,
     ) -> Result<Reply, Failure> {
         let target = self.local_partition(topic, partition)?;
+        if let Some(ticket) = quota {
+            // The answer's size is unknown until read: admit unless in debt,
+            // then charge what was served.
+            let request = u64::from(ticket.counts_as_request);
+            self.admit_quota(
+                ticket,
+                &[(QuotaKind::Requests, request), (QuotaKind::FetchBytes, 0)],
+            )?;
+        }
         let offsets = target.offsets();
         if offset > offsets.log_end {
             return Err(Failure::new(
@@ -316,11 +345,40 @@ impl ShardContext {
             .await;
         }
         let result = target.read(offset, limits).await?;
+        if let Some(ticket) = quota {
+            let served: usize = result.records.iter().map(stored_record_bytes).sum();
+            self.security
+                .quotas
+                .charge(&ticket.principal, QuotaKind::FetchBytes, served as u64);
+        }
         // Counted here, on the owner, where /metrics reports the partition.
         let bytes: usize = result.records.iter().map(|r| r.value.len()).sum();
         self.metrics
             .record_fetch(topic, partition, result.records.len(), bytes);
         Ok(Reply::Read(result, target.offsets()))
+    }
+
+    /// Takes `cost` from the ticket holder's buckets on this shard, or
+    /// refuses RESOURCE_EXHAUSTED with a retry hint (nothing taken).
+    pub fn admit_quota(
+        &self,
+        ticket: &QuotaTicket,
+        cost: crate::security::quota::QuotaCost<'_>,
+    ) -> Result<(), Failure> {
+        let principal = &*ticket.principal;
+        self.security
+            .quotas
+            .admit(principal, cost, Instant::now())
+            .map_err(|throttled| {
+                self.metrics.record_throttled(throttled.kind);
+                Failure {
+                    retry_after_ms: Some(throttled.retry_after_ms),
+                    ..Failure::new(
+                        Code::RESOURCE_EXHAUSTED,
+                        throttled.message(principal, self.id),
+                    )
+                }
+            })
     }
 
     /// Picks the partition for a produce without one: the first record's
@@ -515,4 +573,24 @@ impl Drop for BusyGuard<'_> {
             .borrow_mut()
             .retain(|busy| busy != &self.name);
     }
+}
+
+/// Bytes a record counts for against produce quotas.
+fn record_bytes(record: &shardlog_engine::Record) -> usize {
+    let headers: usize = record
+        .headers
+        .iter()
+        .map(|h| h.key.len() + h.value.len())
+        .sum();
+    record.key.as_ref().map_or(0, |key| key.len()) + record.value.len() + headers
+}
+
+/// Bytes a served record counts for against fetch quotas.
+fn stored_record_bytes(record: &shardlog_engine::StoredRecord) -> usize {
+    let headers: usize = record
+        .headers
+        .iter()
+        .map(|h| h.key.len() + h.value.len())
+        .sum();
+    record.key.as_ref().map_or(0, |key| key.len()) + record.value.len() + headers
 }
