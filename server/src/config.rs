@@ -292,6 +292,9 @@ pub enum ConfigError {
         /// Why it is refused.
         reason: String,
     },
+    /// The token file, an ACL rule or a quota entry is invalid.
+    #[error("invalid security settings: {0}")]
+    Security(#[from] crate::security::SecurityError),
 }
 
 impl Config {
@@ -416,6 +419,9 @@ impl Config {
         if self.storage.segment_bytes_max < 64 << 10 {
             return invalid("storage.segment_bytes_max", "must be at least 64 KiB");
         }
+        // Reads the token file too, so a bad one is a configuration error
+        // (exit 2) rather than a failed startup.
+        crate::security::SecurityPolicy::from_config(self)?;
         Ok(())
     }
 }

@@ -756,3 +756,34 @@ fn assert_throttled(status: &Status, limit: &str) -> u64 {
     );
     retry_after_ms
 }
+
+#[test]
+fn bad_security_settings_are_configuration_errors_that_never_echo_a_token() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token_file = dir.path().join("tokens");
+    // A token pasted where its hash belongs: refused, and not repeated.
+    std::fs::write(&token_file, format!("{ALICE_TOKEN} alice\n")).expect("write");
+    let cases = [
+        format!("[auth]\nenabled = true\ntoken_file = {token_file:?}\n"),
+        "[[acl]]\nprincipal = \"a\"\noperations = [\"fetch\"]\ntopic = \"t\"\n".to_owned(),
+        "[auth]\nenabled = true\n[[acl]]\nprincipal = \"a\"\noperations = [\"fetch\"]\n".to_owned(),
+    ];
+    for config in cases {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, &config).expect("write config");
+        let output = Command::new(env!("CARGO_BIN_EXE_shardlog"))
+            .arg("--config")
+            .arg(&path)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .output()
+            .expect("run shardlog");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{config}: {stderr}");
+        assert!(stderr.contains("invalid security settings"), "{stderr}");
+        assert!(
+            !stderr.contains(ALICE_TOKEN),
+            "the token is not echoed: {stderr}"
+        );
+    }
+}
