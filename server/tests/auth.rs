@@ -796,3 +796,39 @@ fn bad_security_settings_are_configuration_errors_that_never_echo_a_token() {
         );
     }
 }
+
+/// The same answers through a client we did not write: grpcio sees the
+/// codes, and the retry hint as trailing metadata.
+#[test]
+fn stock_grpcio_client_sees_auth_codes_and_the_retry_hint() {
+    let quotas = "[[quotas.limit]]\nprincipal = \"counted\"\nrequests_per_sec = 4\n";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path(), quotas);
+    let config = config.to_str().expect("utf8 path");
+    let server = TestServer::start_with(2, &["--config", config]);
+    let addr = server.addr;
+    block_on(move || async move {
+        let admin = Client::new(addr, Some(ADMIN_TOKEN)).await;
+        for topic in ["alice.own", "bob.own", "limited.requests"] {
+            admin.create(topic).await.expect("admin creates");
+        }
+    });
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new("timeout")
+        .arg("120")
+        .arg("python3")
+        .arg(root.join("tests/clients/auth_client.py"))
+        .arg(addr.port().to_string())
+        .arg(root.join("../wire/proto"))
+        .env("SHARDLOG_ALICE_TOKEN", ALICE_TOKEN)
+        .env("SHARDLOG_COUNTED_TOKEN", COUNTED_TOKEN)
+        .output()
+        .expect("run python3 (pip install -r wire/tests/interop/requirements.txt)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("python auth ok"),
+        "auth_client.py failed ({}):\n{stdout}\n{stderr}\nif grpc is missing: pip install -r wire/tests/interop/requirements.txt",
+        output.status
+    );
+}
