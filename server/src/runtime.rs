@@ -104,6 +104,8 @@ pub fn run(config: Config, on_listening: impl FnOnce(SocketAddr)) -> Result<(), 
     );
     if security.auth_enabled() {
         info!(tokens = security.token_count(), "authentication on");
+    } else if !config.listen.ip().is_loopback() {
+        warn!(listen = %config.listen, "authentication is off on a non-loopback address: every client may read, write and delete every topic (see docs/security.md)");
     }
     let shards = config.shards;
     let catalog = catalog::load(&config.data_dir, shards as u32)
