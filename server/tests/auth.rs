@@ -731,8 +731,19 @@ requests_per_sec = 4
         assert!(outcomes[..8].iter().all(Result::is_ok), "{outcomes:?}");
         let throttled: Vec<&Status> = outcomes.iter().filter_map(|r| r.as_ref().err()).collect();
         assert!(!throttled.is_empty(), "some calls over 4/s are refused");
-        let retry_after_ms = assert_throttled(throttled[0], "requests/s");
-        // Waiting the hint is enough for the next call.
+        assert_throttled(throttled[0], "requests/s");
+        // Waiting the hint of a refusal is enough for the next call (calls
+        // admitted after an earlier refusal spent its hint: take a fresh one;
+        // refusals take nothing).
+        let mut refusal = None;
+        for _ in 0..20 {
+            if let Err(status) = counted.produce("limited.requests", 1).await {
+                refusal = Some(status);
+                break;
+            }
+        }
+        let refusal = refusal.expect("20 quick calls cross 4/s again");
+        let retry_after_ms = assert_throttled(&refusal, "requests/s");
         glommio::timer::sleep(Duration::from_millis(retry_after_ms)).await;
         counted
             .produce("limited.requests", 1)
