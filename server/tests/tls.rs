@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Log, TestServer, block_on};
-use shardlog_wire::client::Channel;
+use shardlog_wire::client::{Channel, Client, ClientConfig, GlommioRuntime};
+use shardlog_wire::tls::ClientTls;
 use tls_support::{Ca, Leaf, client_config, server_name, write};
 
 /// Longest wait for a SIGHUP reload to reach every shard.
@@ -112,10 +113,28 @@ fn mtls_serves_the_log_service_and_refuses_missing_and_revoked_certificates() {
     // Re-issue the CRL now that the revoked serial is known.
     write(pki.dir.path(), "ca.crl", &pki.ca.crl(&[revoked.serial]));
     let good = pki.ca.client(Some("producer.example"), "producer");
+    write(pki.dir.path(), "good.pem", &good.cert_pem);
+    write(pki.dir.path(), "good.key", &good.key_pem);
+    let (ca_path, good_pem, good_key) = (
+        pki.path("ca.pem"),
+        pki.path("good.pem"),
+        pki.path("good.key"),
+    );
     let (server, addr) = pki.start_server();
     let ca_pem = pki.ca.cert_pem.clone();
     let plaintext = server.addr;
     block_on(move || async move {
+        // The client library over mTLS, configured from PEM files.
+        let tls = shardlog_wire::tls::client_config(&ca_path, Some((&good_pem, &good_key)))
+            .expect("client tls config");
+        let config = ClientConfig {
+            tls: Some(ClientTls::new(tls, "localhost").expect("server name")),
+            ..ClientConfig::default()
+        };
+        let client = Client::new(GlommioRuntime, addr, config).expect("client");
+        let created = client.admin().create_topic("via-client-library", 2).await;
+        assert_eq!(created.expect("create over mtls").partition_count, 2);
+
         let ok = create_topic(addr, client_config(&ca_pem, Some(&good), H2), "over-mtls").await;
         assert_eq!(ok, Ok(()));
         let log = connect(addr, client_config(&ca_pem, Some(&good), H2))

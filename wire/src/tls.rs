@@ -1,7 +1,8 @@
-//! TLS for the gRPC server: builds a rustls configuration from PEM files
-//! (certificate chain, private key, optional client CA bundle and CRLs for
-//! mTLS), names the client of a verified certificate, and holds the
-//! per-executor [`TlsAcceptor`] whose configuration a reload swaps.
+//! TLS for gRPC connections. Server side: builds a rustls configuration
+//! from PEM files (certificate chain, private key, optional client CA bundle
+//! and CRLs for mTLS), names the client of a verified certificate, and holds
+//! the per-executor [`TlsAcceptor`] whose configuration a reload swaps.
+//! Client side: [`client_config`] and [`ClientTls`] for the client library.
 //!
 //! Policy: TLS 1.2 and 1.3 only, ALPN `h2` only (a client offering ALPN
 //! without `h2` fails the handshake), the `ring` crypto provider.
@@ -15,7 +16,7 @@ use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
 
 /// The only application protocol offered and accepted.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -81,6 +82,14 @@ pub enum TlsError {
     /// The client verifier could not be built (e.g. a CRL does not parse).
     #[error("client certificate verifier: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// A client's server name is neither a DNS name nor an IP address.
+    #[error("invalid TLS server name {name:?}: {reason}")]
+    InvalidServerName {
+        /// The name given.
+        name: String,
+        /// Why it is refused.
+        reason: String,
+    },
     /// CRLs were given without a client CA bundle.
     #[error("crl_paths needs client_ca_path (CRLs only apply to client certificates)")]
     CrlWithoutClientCa,
@@ -190,6 +199,73 @@ fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     const WHAT: &str = "private key";
     let pem = read_file(WHAT, path)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| pem_error(WHAT, path, e))
+}
+
+/// A client configuration trusting the CAs in `ca_path` (PEM), presenting
+/// the certificate chain and key of `identity` (PEM paths) if given (mTLS),
+/// offering ALPN `h2`, TLS 1.2 and 1.3.
+pub fn client_config(
+    ca_path: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for ca in read_certificates("CA bundle", ca_path)? {
+        roots.add(ca).map_err(|source| TlsError::Rustls {
+            what: "CA bundle",
+            source,
+        })?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|source| TlsError::Rustls {
+            what: "protocol versions",
+            source,
+        })?
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some((cert_path, key_path)) => {
+            let chain = read_certificates("certificate chain", cert_path)?;
+            let key = read_private_key(key_path)?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|source| TlsError::Rustls {
+                    what: "client certificate and key",
+                    source,
+                })?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// TLS for the client library's connections (see
+/// `client::ClientConfig::tls`).
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    /// The rustls configuration, e.g. from [`client_config`].
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name the server's certificate must carry (DNS name or IP).
+    pub server_name: ServerName<'static>,
+}
+
+impl ClientTls {
+    /// TLS with `config`, verifying the server as `server_name`.
+    pub fn new(
+        config: Arc<rustls::ClientConfig>,
+        server_name: &str,
+    ) -> Result<ClientTls, TlsError> {
+        let server_name = ServerName::try_from(server_name.to_owned()).map_err(|e| {
+            TlsError::InvalidServerName {
+                name: server_name.to_owned(),
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(ClientTls {
+            config,
+            server_name,
+        })
+    }
 }
 
 /// The identity in a client certificate: its first subject alternative
