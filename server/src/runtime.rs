@@ -7,9 +7,9 @@
 //! listener next to it; both bound on every shard.
 //!
 //! TLS reload, on SIGHUP: the signal thread re-reads the certificate, key,
-//! client CA and CRL files; if they load, it sends the new configuration to
-//! every shard, which swaps it into its own acceptor (no lock on the accept
-//! path). New handshakes use it; open connections keep theirs. A reload
+//! client CA and CRL files; if they load, it publishes the configuration
+//! and wakes every shard, which swaps it into its own acceptor (no lock on
+//! the accept path). New handshakes use it; open connections keep theirs. A reload
 //! that fails is logged and changes nothing.
 //!
 //! Shutdown, on SIGTERM/SIGINT: every shard stops taking new calls (health
@@ -44,10 +44,13 @@ use crate::shard::ShardContext;
 const SHARD_WATCH_PERIOD: Duration = Duration::from_millis(50);
 /// Poll period of the cross-shard rendezvous during startup and shutdown.
 const RENDEZVOUS_POLL: Duration = Duration::from_millis(2);
-/// TLS configurations queued per shard; a shard behind by more reloads than
-/// this misses the older ones and gets the next (SIGHUPs faster than a
-/// shard's event loop turns are not a real use).
-const TLS_RELOAD_QUEUE_DEPTH: usize = 4;
+/// Reload wake-ups queued per shard: one pending wake-up already makes the
+/// shard read the latest configuration, so more are never needed.
+const TLS_RELOAD_QUEUE_DEPTH: usize = 1;
+
+/// The newest TLS configuration loaded; written by the signal thread on a
+/// reload, read by each shard when woken for it (never on the accept path).
+type LatestTlsConfig = Arc<std::sync::Mutex<Arc<rustls::ServerConfig>>>;
 
 /// The addresses the server listens on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,10 +61,18 @@ pub struct Listening {
     pub tls: Option<SocketAddr>,
 }
 
-/// A shard's TLS listener and the reloads sent to it.
+/// A shard's TLS configuration and its reload wake-ups.
 struct ShardTls {
-    config: Arc<rustls::ServerConfig>,
-    reloads: flume::Receiver<Arc<rustls::ServerConfig>>,
+    latest: LatestTlsConfig,
+    reloads: flume::Receiver<()>,
+}
+
+fn read_latest(latest: &LatestTlsConfig) -> Arc<rustls::ServerConfig> {
+    // The lock only guards an Arc swap: a panic cannot leave it half-written.
+    latest
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
 }
 
 /// Why the server could not start or stopped badly.
@@ -132,11 +143,12 @@ pub fn run(config: Config, on_listening: impl FnOnce(Listening)) -> Result<(), R
         .map_err(|e| RunError::Startup(e.to_string()))?;
     remove_orphan_partitions(&config.data_dir, &catalog)?;
     let tls_files = config.tls.files();
-    let tls_config = tls_files
+    let tls_latest: Option<LatestTlsConfig> = tls_files
         .as_ref()
         .map(shardlog_wire::tls::server_config)
         .transpose()
-        .map_err(|e| RunError::Startup(format!("tls: {e}")))?;
+        .map_err(|e| RunError::Startup(format!("tls: {e}")))?
+        .map(|config| Arc::new(std::sync::Mutex::new(config)));
 
     let mesh = MeshBuilder::full(shards, config.limits.cross_core_queue_depth);
     let (started, drained, closed) = (
@@ -149,10 +161,13 @@ pub fn run(config: Config, on_listening: impl FnOnce(Listening)) -> Result<(), R
     let (reload_senders, reload_receivers): (Vec<_>, Vec<_>) = (0..shards)
         .map(|_| flume::bounded(TLS_RELOAD_QUEUE_DEPTH))
         .unzip();
-    let tls_reload = tls_files.map(|files| TlsReload {
-        files,
-        shards: reload_senders,
-    });
+    let tls_reload = tls_files
+        .zip(tls_latest.clone())
+        .map(|(files, latest)| TlsReload {
+            files,
+            latest,
+            shards: reload_senders,
+        });
     let shutdown_senders = install_signal_handler(shards, stopping.clone(), tls_reload)?;
     let mut listen = Listening {
         plaintext: config.listen,
@@ -172,9 +187,9 @@ pub fn run(config: Config, on_listening: impl FnOnce(Listening)) -> Result<(), R
             catalog: catalog.clone(),
             mesh: mesh.clone(),
             listen,
-            tls: tls_config
+            tls: tls_latest
                 .clone()
-                .map(|config| ShardTls { config, reloads }),
+                .map(|latest| ShardTls { latest, reloads }),
             started: started.clone(),
             drained: drained.clone(),
             closed: closed.clone(),
@@ -266,29 +281,26 @@ fn bind(
     Ok(Some((listener, local)))
 }
 
+/// A shard's bound listeners and their addresses.
+struct Listeners {
+    plaintext: Option<glommio::net::TcpListener>,
+    tls: Option<glommio::net::TcpListener>,
+    addresses: Listening,
+}
+
 /// Binds the shard's plaintext and TLS listeners.
-#[allow(clippy::type_complexity)]
-fn bind_listeners(
-    listen: Listening,
-) -> Result<
-    (
-        Option<glommio::net::TcpListener>,
-        Option<glommio::net::TcpListener>,
-        Listening,
-    ),
-    String,
-> {
+fn bind_listeners(listen: Listening) -> Result<Listeners, String> {
     let plaintext = bind(listen.plaintext, "listen")?;
     let tls = bind(listen.tls, "tls.listen")?;
-    let bound = Listening {
+    let addresses = Listening {
         plaintext: plaintext.as_ref().map(|(_, address)| *address),
         tls: tls.as_ref().map(|(_, address)| *address),
     };
-    Ok((
-        plaintext.map(|(listener, _)| listener),
-        tls.map(|(listener, _)| listener),
-        bound,
-    ))
+    Ok(Listeners {
+        plaintext: plaintext.map(|(listener, _)| listener),
+        tls: tls.map(|(listener, _)| listener),
+        addresses,
+    })
 }
 
 async fn run_shard(
@@ -297,13 +309,14 @@ async fn run_shard(
 ) -> Result<(), RunError> {
     let id = start.id;
     let fail = |reason: String| RunError::Shard { shard: id, reason };
-    let (listener, tls_listener, local) = match bind_listeners(start.listen) {
-        Ok(bound) => bound,
+    let listeners = match bind_listeners(start.listen) {
+        Ok(listeners) => listeners,
         Err(reason) => {
             let _ = bound.send(Err(reason.clone()));
             return Err(fail(reason));
         }
     };
+    let local = listeners.addresses;
     let _ = bound.send(Ok(local));
 
     let (senders, receivers) = start
@@ -344,11 +357,12 @@ async fn run_shard(
     let _ = shard.server.set(server.clone());
     health.set_serving_status("", ServingStatus::Serving);
     health.set_serving_status("shardlog.v1.Log", ServingStatus::Serving);
-    let serving = listener.map(|listener| {
+    let serving = listeners.plaintext.map(|listener| {
         let server = server.clone();
         glommio::spawn_local(async move { server.serve(listener).await }).detach()
     });
-    let serving_tls = tls_listener
+    let serving_tls = listeners
+        .tls
         .zip(start.tls)
         .map(|(listener, tls)| spawn_tls_listener(id, &server, listener, tls));
     if id == 0 {
@@ -386,7 +400,7 @@ fn spawn_tls_listener(
     glommio::task::JoinHandle<Result<(), shardlog_wire::WireError>>,
     glommio::task::JoinHandle<()>,
 ) {
-    let acceptor = TlsAcceptor::new(tls.config);
+    let acceptor = TlsAcceptor::new(read_latest(&tls.latest));
     let serving = glommio::spawn_local({
         let server = server.clone();
         let acceptor = acceptor.clone();
@@ -394,8 +408,8 @@ fn spawn_tls_listener(
     })
     .detach();
     let reloading = glommio::spawn_local(async move {
-        while let Ok(config) = tls.reloads.recv_async().await {
-            acceptor.replace(config);
+        while tls.reloads.recv_async().await.is_ok() {
+            acceptor.replace(read_latest(&tls.latest));
             info!(shard, "tls configuration reloaded");
         }
     })
@@ -523,10 +537,12 @@ fn remove_orphan_partitions(data_dir: &Path, catalog: &Catalog) -> Result<(), Ru
     crate::meta_store::sync_dir(&topics_dir).map_err(|e| RunError::Startup(e.to_string()))
 }
 
-/// What a SIGHUP reloads: the TLS files, sent to every shard once loaded.
+/// What a SIGHUP reloads: the TLS files, published to every shard once
+/// loaded.
 struct TlsReload {
     files: shardlog_wire::tls::TlsFiles,
-    shards: Vec<flume::Sender<Arc<rustls::ServerConfig>>>,
+    latest: LatestTlsConfig,
+    shards: Vec<flume::Sender<()>>,
 }
 
 impl TlsReload {
@@ -540,10 +556,14 @@ impl TlsReload {
                 return;
             }
         };
-        for (shard, sender) in self.shards.iter().enumerate() {
-            if let Err(error) = sender.try_send(config.clone()) {
-                warn!(shard, %error, "tls reload not queued for this shard");
-            }
+        *self
+            .latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = config;
+        for sender in &self.shards {
+            // Full: a wake-up is pending and will read this configuration.
+            // Disconnected: the shard has stopped.
+            let _ = sender.try_send(());
         }
         info!(generation, "tls certificates reloaded from disk");
     }
