@@ -250,6 +250,47 @@ fn startup_fails_clearly_when_tls_files_are_missing_or_invalid() {
     }
 }
 
+#[test]
+fn plaintext_listener_can_be_turned_off() {
+    let pki = Pki::new("optional");
+    let config = std::fs::read_to_string(&pki.config_path).expect("config");
+    std::fs::write(&pki.config_path, format!("listen = \"off\"\n{config}")).expect("write");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shardlog"))
+        .args(["--config", pki.config_path.to_str().expect("path")])
+        .args([
+            "--shards",
+            "1",
+            "--no-pin",
+            "--metrics-listen",
+            "off",
+            "--data-dir",
+        ])
+        .arg(pki.path("data"))
+        .env_remove("SHARDLOG_LISTEN")
+        .env("SHARDLOG_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn shardlog");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).expect("line");
+    let tls_addr: Option<SocketAddr> = line
+        .split_once(", tls on ")
+        .and_then(|(_, rest)| rest.split(',').next())
+        .and_then(|address| address.parse().ok());
+    let ca_pem = pki.ca.cert_pem.clone();
+    let served = tls_addr.map(|addr| {
+        block_on(move || async move {
+            create_topic(addr, client_config(&ca_pem, None, H2), "tls-only").await
+        })
+    });
+    // SAFETY: signalling the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    assert!(line.starts_with("shardlog listening on off "), "{line}");
+    assert_eq!(served, Some(Ok(())), "{line}");
+}
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

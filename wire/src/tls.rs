@@ -358,6 +358,17 @@ mod tests {
         );
 
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("p");
+        params.subject_alt_names = vec![
+            rcgen::SanType::IpAddress([10, 0, 0, 1].into()),
+            rcgen::SanType::Rfc822Name("ops@example.com".try_into().expect("email")),
+        ];
+        assert_eq!(
+            certificate_principal(&certificate(params)).as_deref(),
+            Some("ops@example.com"),
+            "IP SANs are skipped"
+        );
+
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("p");
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "alice");
