@@ -21,6 +21,12 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyD
 /// The only application protocol offered and accepted.
 pub const ALPN_H2: &[u8] = b"h2";
 
+/// TLS sessions each executor remembers for resumption. rustls' default
+/// cache is one mutex-guarded map per configuration; every executor gets its
+/// own so handshakes on different cores never share a lock (a client that
+/// lands on another core does a full handshake).
+pub const SESSION_CACHE_ENTRIES_PER_EXECUTOR: usize = 256;
+
 /// Whether a client must present a certificate when mTLS is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ClientAuth {
@@ -310,22 +316,31 @@ impl std::fmt::Debug for TlsAcceptor {
 }
 
 impl TlsAcceptor {
-    /// An acceptor using `config` (see [`server_config`]).
+    /// An acceptor using `config` (see [`server_config`]) with a session
+    /// cache of its own.
     pub fn new(config: Arc<rustls::ServerConfig>) -> TlsAcceptor {
         TlsAcceptor {
-            config: Rc::new(RefCell::new(config)),
+            config: Rc::new(RefCell::new(with_own_session_cache(&config))),
         }
     }
 
-    /// Makes every later handshake use `config`.
+    /// Makes every later handshake use `config` (with a fresh session
+    /// cache of this acceptor's own).
     pub fn replace(&self, config: Arc<rustls::ServerConfig>) {
-        *self.config.borrow_mut() = config;
+        *self.config.borrow_mut() = with_own_session_cache(&config);
     }
 
     /// The configuration of the next handshake.
     pub(crate) fn current(&self) -> futures_rustls::TlsAcceptor {
         futures_rustls::TlsAcceptor::from(self.config.borrow().clone())
     }
+}
+
+fn with_own_session_cache(config: &rustls::ServerConfig) -> Arc<rustls::ServerConfig> {
+    let mut own = config.clone();
+    own.session_storage =
+        rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES_PER_EXECUTOR);
+    Arc::new(own)
 }
 
 #[cfg(test)]
