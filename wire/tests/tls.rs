@@ -18,7 +18,7 @@ use shardlog_wire::client::{CallOptions, Channel};
 use shardlog_wire::server::{Router, Server, ServerConfig};
 use shardlog_wire::tls::{ClientAuth, TlsAcceptor, TlsFiles, server_config};
 use shardlog_wire::{Request, Response};
-use tls_support::{Ca, Leaf, client_config, server_name, write};
+use tls_support::{Ca, Leaf, client_config, client_config_with_versions, server_name, write};
 
 const WHOAMI: &str = "/test.Tls/WhoAmI";
 /// Bound on any single call or read in these tests (never reached when
@@ -154,6 +154,13 @@ fn mtls_names_the_client_from_san_or_common_name() {
         let cn_only = ca.client(None, "alice");
         let answer = call(addr, client_config(&ca.cert_pem, Some(&cn_only), H2)).await;
         assert_eq!(answer.as_deref(), Ok("tls=true principal=alice"));
+        // TLS 1.2 carries the client certificate differently: same answer.
+        let tls12 = [&rustls::version::TLS12];
+        let client = client_config_with_versions(&ca.cert_pem, Some(&cn_only), H2, &tls12);
+        assert_eq!(
+            call(addr, client).await.as_deref(),
+            Ok("tls=true principal=alice")
+        );
     });
 }
 

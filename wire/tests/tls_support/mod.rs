@@ -143,13 +143,23 @@ pub fn client_config(
     identity: Option<&Leaf>,
     alpn: &[&[u8]],
 ) -> Arc<rustls::ClientConfig> {
+    client_config_with_versions(ca_pem, identity, alpn, rustls::DEFAULT_VERSIONS)
+}
+
+/// [`client_config`] limited to the TLS `versions` given.
+pub fn client_config_with_versions(
+    ca_pem: &str,
+    identity: Option<&Leaf>,
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(ca.expect("CA PEM")).expect("add root");
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .expect("versions")
         .with_root_certificates(roots);
     let mut config = match identity {
