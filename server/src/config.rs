@@ -366,6 +366,9 @@ pub enum ConfigError {
         /// What was wrong.
         source: Box<toml::de::Error>,
     },
+    /// A `[tls]` file is missing or invalid.
+    #[error("invalid tls settings: {0}")]
+    Tls(#[from] shardlog_wire::tls::TlsError),
     /// A value is out of its allowed range.
     #[error("invalid setting {setting}: {reason}")]
     Invalid {
@@ -499,6 +502,11 @@ impl Config {
             return invalid("storage.segment_bytes_max", "must be at least 64 KiB");
         }
         self.tls.validate(self.listen)?;
+        // Reads the TLS files too: a bad one is a configuration error (exit
+        // 2), reported before anything starts.
+        if let Some(files) = self.tls.files() {
+            shardlog_wire::tls::server_config(&files)?;
+        }
         Ok(())
     }
 }

@@ -242,7 +242,11 @@ fn startup_fails_clearly_when_tls_files_are_missing_or_invalid() {
             .output()
             .expect("run shardlog");
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "started with bad TLS files");
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "bad TLS files: a config error"
+        );
         assert!(
             stderr.contains("tls") && stderr.contains(expected),
             "unclear error: {stderr}"
