@@ -279,6 +279,40 @@ fn reload_changes_new_handshakes_and_keeps_open_connections() {
 }
 
 #[test]
+fn drain_ends_tls_handshakes_in_progress() {
+    run(|| async {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = Ca::new("ca");
+        let tls = server_config(&files(dir.path(), &ca, None, ClientAuth::Required, None))
+            .expect("config");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let config = ServerConfig {
+            handshake_timeout: Duration::from_secs(3600),
+            ..ServerConfig::default()
+        };
+        let server = Server::new(router(), config);
+        let serving = server.clone();
+        let acceptor = TlsAcceptor::new(tls);
+        glommio::spawn_local(async move { serving.serve_tls(listener, acceptor).await }).detach();
+        let _silent = TcpStream::connect(addr).await.expect("tcp");
+        while server.active_connections() == 0 {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        // Without the drain reaching the TLS handshake, shutdown would wait
+        // for the hour-long handshake timeout.
+        let shutdown = std::pin::pin!(server.shutdown());
+        let bound = std::pin::pin!(glommio::timer::sleep(CALL_TIMEOUT));
+        let finished = futures_util::future::select(shutdown, bound).await;
+        assert!(
+            matches!(finished, futures_util::future::Either::Left(_)),
+            "drain stuck"
+        );
+        assert_eq!(server.active_connections(), 0);
+    });
+}
+
+#[test]
 fn silent_client_is_cut_by_the_handshake_timeout() {
     run(|| async {
         let dir = tempfile::tempdir().expect("dir");

@@ -64,7 +64,8 @@ where
 
 /// Serves a TLS connection: the TLS handshake and then the HTTP/2 one must
 /// both finish by one handshake deadline, and the connection counts
-/// against the connection bound from the moment it was accepted.
+/// against the connection bound from the moment it was accepted. A drain
+/// that starts during the TLS handshake ends it at once.
 pub(crate) async fn serve_tls_connection(
     shared: Rc<ServerShared>,
     stream: glommio::net::TcpStream,
@@ -74,13 +75,16 @@ pub(crate) async fn serve_tls_connection(
     let active = ActiveConnection::new(shared.clone());
     let handshake_timeout = shared.config.handshake_timeout;
     let handshake_deadline = Instant::now() + handshake_timeout;
-    let tls = match select(acceptor.accept(stream), Timer::new(handshake_timeout)).await {
+    let drain = EventWait::new(shared.drain.clone());
+    let give_up = select(Timer::new(handshake_timeout), drain);
+    let tls = match select(acceptor.accept(stream), give_up).await {
         Either::Left((result, _)) => result.map_err(WireError::TlsHandshake)?,
-        Either::Right((_, _)) => {
+        Either::Right((Either::Left(_), _)) => {
             return Err(WireError::HandshakeTimeout {
                 timeout_ms: handshake_timeout.as_millis(),
             });
         }
+        Either::Right((Either::Right(_), _)) => return Ok(()),
     };
     let tls_principal = tls
         .get_ref()
