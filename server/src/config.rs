@@ -75,8 +75,10 @@ pub enum CliCommand {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// gRPC listen address.
-    pub listen: SocketAddr,
+    /// Plaintext gRPC listen address; `"off"` in TOML disables it (then
+    /// only the `[tls]` listener serves).
+    #[serde(deserialize_with = "address_or_off")]
+    pub listen: Option<SocketAddr>,
     /// Data directory.
     pub data_dir: PathBuf,
     /// Shard count; 0 means one per online CPU.
@@ -105,6 +107,108 @@ pub struct Config {
     pub acl: Vec<crate::security::acl::AclRuleConfig>,
     /// Per-principal rate limits (`[quotas]`).
     pub quotas: crate::security::quota::QuotasConfig,
+    /// The TLS listener (off unless `tls.listen` is set).
+    pub tls: TlsConfig,
+}
+
+/// The TLS listener: certificate, key, and optional mTLS (`[tls]`). Files
+/// are re-read on SIGHUP.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// TLS gRPC listen address (every shard binds it with SO_REUSEPORT);
+    /// unset: no TLS listener.
+    pub listen: Option<SocketAddr>,
+    /// PEM certificate chain, leaf first.
+    pub cert_path: Option<PathBuf>,
+    /// PEM private key of the leaf certificate.
+    pub key_path: Option<PathBuf>,
+    /// PEM bundle of CAs for client certificates; set: mTLS on.
+    pub client_ca_path: Option<PathBuf>,
+    /// With mTLS, whether clients must present a certificate.
+    pub client_auth: ClientAuthMode,
+    /// PEM CRLs checked against client certificates.
+    pub crl_paths: Vec<PathBuf>,
+}
+
+/// `tls.client_auth` values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuthMode {
+    /// A handshake without a valid client certificate fails.
+    #[default]
+    Required,
+    /// Clients may connect without a certificate (no TLS principal).
+    Optional,
+}
+
+impl TlsConfig {
+    /// The TLS files to load, when the TLS listener is on.
+    pub fn files(&self) -> Option<shardlog_wire::tls::TlsFiles> {
+        self.listen?;
+        Some(shardlog_wire::tls::TlsFiles {
+            cert_path: self.cert_path.clone()?,
+            key_path: self.key_path.clone()?,
+            client_ca_path: self.client_ca_path.clone(),
+            client_auth: match self.client_auth {
+                ClientAuthMode::Required => shardlog_wire::tls::ClientAuth::Required,
+                ClientAuthMode::Optional => shardlog_wire::tls::ClientAuth::Optional,
+            },
+            crl_paths: self.crl_paths.clone(),
+        })
+    }
+
+    fn validate(&self, plaintext: Option<SocketAddr>) -> Result<(), ConfigError> {
+        let invalid = |setting, reason: &str| {
+            Err(ConfigError::Invalid {
+                setting,
+                reason: reason.to_owned(),
+            })
+        };
+        let Some(listen) = self.listen else {
+            if plaintext.is_none() {
+                return invalid(
+                    "listen",
+                    "is \"off\" and no [tls] listen is set: nothing to serve",
+                );
+            }
+            return Ok(());
+        };
+        // Port 0 picks a free port for each listener separately.
+        if plaintext == Some(listen) && listen.port() != 0 {
+            return invalid(
+                "tls.listen",
+                "must differ from the plaintext listen address",
+            );
+        }
+        if self.cert_path.is_none() {
+            return invalid("tls.cert_path", "is required with tls.listen");
+        }
+        if self.key_path.is_none() {
+            return invalid("tls.key_path", "is required with tls.listen");
+        }
+        if self.client_ca_path.is_none() && !self.crl_paths.is_empty() {
+            return invalid(
+                "tls.crl_paths",
+                "needs tls.client_ca_path (CRLs apply to client certificates)",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Deserializes an address, or `"off"` as `None`.
+fn address_or_off<'de, D>(deserializer: D) -> Result<Option<SocketAddr>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let text = String::deserialize(deserializer)?;
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!("{text:?} is neither an address nor \"off\""))
+    })
 }
 
 /// Test-only fault injection at the engine's storage boundary (io_uring
@@ -195,7 +299,7 @@ pub struct TransportConfig {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            listen: LISTEN_DEFAULT.parse().expect("valid default address"),
+            listen: Some(LISTEN_DEFAULT.parse().expect("valid default address")),
             data_dir: PathBuf::from(DATA_DIR_DEFAULT),
             shards: 0,
             cpus: Vec::new(),
@@ -214,6 +318,7 @@ impl Default for Config {
             auth: crate::security::AuthConfig::default(),
             acl: Vec::new(),
             quotas: crate::security::quota::QuotasConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -284,6 +389,9 @@ pub enum ConfigError {
         /// What was wrong.
         source: Box<toml::de::Error>,
     },
+    /// A `[tls]` file is missing or invalid.
+    #[error("invalid tls settings: {0}")]
+    Tls(#[from] shardlog_wire::tls::TlsError),
     /// A value is out of its allowed range.
     #[error("invalid setting {setting}: {reason}")]
     Invalid {
@@ -330,7 +438,7 @@ impl Config {
 
     fn apply_cli(&mut self, cli: &Cli) -> Result<(), ConfigError> {
         if let Some(listen) = cli.listen {
-            self.listen = listen;
+            self.listen = Some(listen);
         }
         if let Some(dir) = &cli.data_dir {
             self.data_dir = dir.clone();
@@ -422,6 +530,12 @@ impl Config {
         // Reads the token file too, so a bad one is a configuration error
         // (exit 2) rather than a failed startup.
         crate::security::SecurityPolicy::from_config(self)?;
+        self.tls.validate(self.listen)?;
+        // Reads the TLS files too: a bad one is a configuration error (exit
+        // 2), reported before anything starts.
+        if let Some(files) = self.tls.files() {
+            shardlog_wire::tls::server_config(&files)?;
+        }
         Ok(())
     }
 }
@@ -466,7 +580,10 @@ mod tests {
     #[test]
     fn defaults_serve_loopback_50051_in_local_dir() {
         let config = Config::load(&Cli::default()).expect("defaults are valid");
-        assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(
+            config.listen,
+            Some("127.0.0.1:50051".parse().expect("addr"))
+        );
         assert_eq!(config.data_dir, PathBuf::from("./shardlog-data"));
         assert!(config.shards >= 1);
     }
@@ -486,7 +603,7 @@ mod tests {
         };
         config.apply_cli(&cli).expect("valid flags");
         assert_eq!(config.shards, 2);
-        assert_eq!(config.listen.to_string(), "0.0.0.0:7000");
+        assert_eq!(config.listen, Some("0.0.0.0:7000".parse().expect("addr")));
         assert!(config.metrics_listen.is_none());
     }
 
@@ -494,7 +611,49 @@ mod tests {
     fn shipped_example_config_is_valid() {
         let config =
             Config::from_toml(include_str!("../dist/shardlog.toml")).expect("example parses");
-        assert_eq!(config.listen.port(), 50051);
+        assert_eq!(config.listen.map(|a| a.port()), Some(50051));
+    }
+
+    #[test]
+    fn tls_section_parses_and_is_checked() {
+        let text = "listen = \"off\"\n[tls]\nlisten = \"0.0.0.0:7443\"\n\
+                    cert_path = \"/etc/shardlog/server.pem\"\nkey_path = \"/etc/shardlog/server.key\"\n\
+                    client_ca_path = \"/etc/shardlog/ca.pem\"\nclient_auth = \"optional\"\n\
+                    crl_paths = [\"/etc/shardlog/ca.crl\"]\n";
+        let config = Config::from_toml(text).expect("valid toml");
+        assert_eq!(config.listen, None);
+        assert_eq!(config.tls.client_auth, ClientAuthMode::Optional);
+        config
+            .tls
+            .validate(config.listen)
+            .expect("valid tls section");
+        let files = config.tls.files().expect("tls on");
+        assert_eq!(files.client_auth, shardlog_wire::tls::ClientAuth::Optional);
+        assert_eq!(files.crl_paths.len(), 1);
+
+        let refused = |text: &str, setting: &str| {
+            let config = Config::from_toml(text).expect("valid toml");
+            match config.tls.validate(config.listen) {
+                Err(ConfigError::Invalid { setting: got, .. }) => assert_eq!(got, setting),
+                other => panic!("{text}: {other:?}"),
+            }
+        };
+        refused("listen = \"off\"\n", "listen");
+        refused("[tls]\nlisten = \"127.0.0.1:7443\"\n", "tls.cert_path");
+        refused(
+            "[tls]\nlisten = \"127.0.0.1:7443\"\ncert_path = \"c\"\n",
+            "tls.key_path",
+        );
+        refused(
+            "[tls]\nlisten = \"127.0.0.1:7443\"\ncert_path = \"c\"\nkey_path = \"k\"\ncrl_paths = [\"r\"]\n",
+            "tls.crl_paths",
+        );
+        refused(
+            "listen = \"127.0.0.1:7443\"\n[tls]\nlisten = \"127.0.0.1:7443\"\ncert_path = \"c\"\nkey_path = \"k\"\n",
+            "tls.listen",
+        );
+        assert!(Config::from_toml("[tls]\nclient_auth = \"sometimes\"\n").is_err());
+        assert!(Config::from_toml("listen = \"nowhere\"\n").is_err());
     }
 
     #[test]

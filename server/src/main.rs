@@ -22,12 +22,17 @@ fn main() -> ExitCode {
     let data_dir = config.data_dir.clone();
     let shards = config.shards;
     let metrics = config.metrics_listen;
-    let result = runtime::run(config, |address| {
-        // Scripts and tests read this line to find the bound port.
+    let result = runtime::run(config, |listening| {
+        let off = |address: Option<std::net::SocketAddr>| {
+            address.map_or_else(|| "off".to_owned(), |a| a.to_string())
+        };
+        // Scripts and tests read this line to find the bound ports.
         println!(
-            "shardlog listening on {address} ({shards} shards), data in {}, metrics on {}",
+            "shardlog listening on {} ({shards} shards), tls on {}, data in {}, metrics on {}",
+            off(listening.plaintext),
+            off(listening.tls),
             data_dir.display(),
-            metrics.map_or_else(|| "off".to_owned(), |m| m.to_string())
+            off(metrics)
         );
     });
     match result {

@@ -3,6 +3,15 @@
 //! SO_REUSEPORT and serving its own connections; startup (catalog, orphan
 //! cleanup, partition recovery) and graceful shutdown.
 //!
+//! Listeners: the plaintext `listen` address and, when `[tls]` is set, a TLS
+//! listener next to it; both bound on every shard.
+//!
+//! TLS reload, on SIGHUP: the signal thread re-reads the certificate, key,
+//! client CA and CRL files; if they load, it publishes the configuration
+//! and wakes every shard, which swaps it into its own acceptor (no lock on
+//! the accept path). New handshakes use it; open connections keep theirs. A reload
+//! that fails is logged and changes nothing.
+//!
 //! Shutdown, on SIGTERM/SIGINT: every shard stops taking new calls (health
 //! NOT_SERVING, GOAWAY), lets in-flight calls finish within the drain grace,
 //! waits for all shards to get there (in-flight calls may need other shards),
@@ -22,6 +31,7 @@ use shardlog_engine::Shard as EngineShard;
 use crate::storage::ServerStorage;
 use shardlog_wire::server::{Router, Server};
 use shardlog_wire::services::health::{HealthReporter, ServingStatus};
+use shardlog_wire::tls::TlsAcceptor;
 use tracing::{error, info, warn};
 
 use crate::catalog::{self, Catalog};
@@ -35,6 +45,36 @@ use crate::shard::ShardContext;
 const SHARD_WATCH_PERIOD: Duration = Duration::from_millis(50);
 /// Poll period of the cross-shard rendezvous during startup and shutdown.
 const RENDEZVOUS_POLL: Duration = Duration::from_millis(2);
+/// Reload wake-ups queued per shard: one pending wake-up already makes the
+/// shard read the latest configuration, so more are never needed.
+const TLS_RELOAD_QUEUE_DEPTH: usize = 1;
+
+/// The newest TLS configuration loaded; written by the signal thread on a
+/// reload, read by each shard when woken for it (never on the accept path).
+type LatestTlsConfig = Arc<std::sync::Mutex<Arc<rustls::ServerConfig>>>;
+
+/// The addresses the server listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listening {
+    /// The plaintext gRPC address, unless `listen = "off"`.
+    pub plaintext: Option<SocketAddr>,
+    /// The TLS gRPC address, when `[tls]` is on.
+    pub tls: Option<SocketAddr>,
+}
+
+/// A shard's TLS configuration and its reload wake-ups.
+struct ShardTls {
+    latest: LatestTlsConfig,
+    reloads: flume::Receiver<()>,
+}
+
+fn read_latest(latest: &LatestTlsConfig) -> Arc<rustls::ServerConfig> {
+    // The lock only guards an Arc swap: a panic cannot leave it half-written.
+    latest
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
 
 /// Why the server could not start or stopped badly.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +120,8 @@ struct ShardStart {
     config: Arc<Config>,
     catalog: Catalog,
     mesh: MeshBuilder<Envelope, glommio::channels::channel_mesh::Full>,
-    listen: SocketAddr,
+    listen: Listening,
+    tls: Option<ShardTls>,
     started: Arc<Rendezvous>,
     drained: Arc<Rendezvous>,
     closed: Arc<Rendezvous>,
@@ -89,8 +130,8 @@ struct ShardStart {
 }
 
 /// Runs the server until shutdown. `on_listening` is called once with the
-/// bound gRPC address (useful when the configured port is 0).
-pub fn run(config: Config, on_listening: impl FnOnce(SocketAddr)) -> Result<(), RunError> {
+/// bound gRPC addresses (useful when a configured port is 0).
+pub fn run(config: Config, on_listening: impl FnOnce(Listening)) -> Result<(), RunError> {
     let config = Arc::new(config);
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
         RunError::Startup(format!(
@@ -104,13 +145,25 @@ pub fn run(config: Config, on_listening: impl FnOnce(SocketAddr)) -> Result<(), 
     );
     if security.auth_enabled() {
         info!(tokens = security.token_count(), "authentication on");
-    } else if !config.listen.ip().is_loopback() {
-        warn!(listen = %config.listen, "authentication is off on a non-loopback address: every client may read, write and delete every topic (see docs/security.md)");
+    } else if let Some(exposed) = config
+        .listen
+        .into_iter()
+        .chain(config.tls.listen)
+        .find(|address| !address.ip().is_loopback())
+    {
+        warn!(listen = %exposed, "authentication is off on a non-loopback address: every client may read, write and delete every topic (see docs/security.md)");
     }
     let shards = config.shards;
     let catalog = catalog::load(&config.data_dir, shards as u32)
         .map_err(|e| RunError::Startup(e.to_string()))?;
     remove_orphan_partitions(&config.data_dir, &catalog)?;
+    let tls_files = config.tls.files();
+    let tls_latest: Option<LatestTlsConfig> = tls_files
+        .as_ref()
+        .map(shardlog_wire::tls::server_config)
+        .transpose()
+        .map_err(|e| RunError::Startup(format!("tls: {e}")))?
+        .map(|config| Arc::new(std::sync::Mutex::new(config)));
 
     let mesh = MeshBuilder::full(shards, config.limits.cross_core_queue_depth);
     let (started, drained, closed) = (
@@ -120,10 +173,27 @@ pub fn run(config: Config, on_listening: impl FnOnce(SocketAddr)) -> Result<(), 
     );
     let stopping = Arc::new(AtomicBool::new(false));
     let exited = Arc::new(AtomicUsize::new(0));
-    let shutdown_senders = install_signal_handler(shards, stopping.clone())?;
-    let mut listen = config.listen;
+    let (reload_senders, reload_receivers): (Vec<_>, Vec<_>) = (0..shards)
+        .map(|_| flume::bounded(TLS_RELOAD_QUEUE_DEPTH))
+        .unzip();
+    let tls_reload = tls_files
+        .zip(tls_latest.clone())
+        .map(|(files, latest)| TlsReload {
+            files,
+            latest,
+            shards: reload_senders,
+        });
+    let shutdown_senders = install_signal_handler(shards, stopping.clone(), tls_reload)?;
+    let mut listen = Listening {
+        plaintext: config.listen,
+        tls: config.tls.listen,
+    };
     let mut handles = Vec::with_capacity(shards);
-    for (id, shutdown) in shutdown_senders.into_iter().enumerate() {
+    for ((id, shutdown), reloads) in shutdown_senders
+        .into_iter()
+        .enumerate()
+        .zip(reload_receivers)
+    {
         let (bound_tx, bound_rx) = std::sync::mpsc::channel();
         let exited_counter = exited.clone();
         let start = ShardStart {
@@ -132,6 +202,9 @@ pub fn run(config: Config, on_listening: impl FnOnce(SocketAddr)) -> Result<(), 
             catalog: catalog.clone(),
             mesh: mesh.clone(),
             listen,
+            tls: tls_latest
+                .clone()
+                .map(|latest| ShardTls { latest, reloads }),
             started: started.clone(),
             drained: drained.clone(),
             closed: closed.clone(),
@@ -161,7 +234,7 @@ pub fn run(config: Config, on_listening: impl FnOnce(SocketAddr)) -> Result<(), 
         listen = bound_rx
             .recv()
             .map_err(|_| RunError::Startup(format!("shard {id} failed before binding")))?
-            .map_err(|e| RunError::Startup(format!("bind {listen}: {e}")))?;
+            .map_err(RunError::Startup)?;
         handles.push(handle);
     }
     on_listening(listen);
@@ -208,20 +281,58 @@ impl Drop for ExitCounter {
     }
 }
 
+/// Binds `address` if set; the listener and its bound address.
+fn bind(
+    address: Option<SocketAddr>,
+    what: &str,
+) -> Result<Option<(glommio::net::TcpListener, SocketAddr)>, String> {
+    let Some(address) = address else {
+        return Ok(None);
+    };
+    let listener = glommio::net::TcpListener::bind(address)
+        .map_err(|e| format!("bind {what} {address}: {e}"))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("{what} {address}: {e}"))?;
+    Ok(Some((listener, local)))
+}
+
+/// A shard's bound listeners and their addresses.
+struct Listeners {
+    plaintext: Option<glommio::net::TcpListener>,
+    tls: Option<glommio::net::TcpListener>,
+    addresses: Listening,
+}
+
+/// Binds the shard's plaintext and TLS listeners.
+fn bind_listeners(listen: Listening) -> Result<Listeners, String> {
+    let plaintext = bind(listen.plaintext, "listen")?;
+    let tls = bind(listen.tls, "tls.listen")?;
+    let addresses = Listening {
+        plaintext: plaintext.as_ref().map(|(_, address)| *address),
+        tls: tls.as_ref().map(|(_, address)| *address),
+    };
+    Ok(Listeners {
+        plaintext: plaintext.map(|(listener, _)| listener),
+        tls: tls.map(|(listener, _)| listener),
+        addresses,
+    })
+}
+
 async fn run_shard(
     start: ShardStart,
-    bound: std::sync::mpsc::Sender<std::io::Result<SocketAddr>>,
+    bound: std::sync::mpsc::Sender<Result<Listening, String>>,
 ) -> Result<(), RunError> {
     let id = start.id;
     let fail = |reason: String| RunError::Shard { shard: id, reason };
-    let listener = match glommio::net::TcpListener::bind(start.listen) {
-        Ok(listener) => listener,
-        Err(e) => {
-            let _ = bound.send(Err(std::io::Error::other(e.to_string())));
-            return Err(fail(format!("bind {}: {e}", start.listen)));
+    let listeners = match bind_listeners(start.listen) {
+        Ok(listeners) => listeners,
+        Err(reason) => {
+            let _ = bound.send(Err(reason.clone()));
+            return Err(fail(reason));
         }
     };
-    let local = listener.local_addr().map_err(|e| fail(e.to_string()))?;
+    let local = listeners.addresses;
     let _ = bound.send(Ok(local));
 
     let (senders, receivers) = start
@@ -263,17 +374,20 @@ async fn run_shard(
     let _ = shard.server.set(server.clone());
     health.set_serving_status("", ServingStatus::Serving);
     health.set_serving_status("shardlog.v1.Log", ServingStatus::Serving);
-    let serving = glommio::spawn_local({
+    let serving = listeners.plaintext.map(|listener| {
         let server = server.clone();
-        async move { server.serve(listener).await }
-    })
-    .detach();
+        glommio::spawn_local(async move { server.serve(listener).await }).detach()
+    });
+    let serving_tls = listeners
+        .tls
+        .zip(start.tls)
+        .map(|(listener, tls)| spawn_tls_listener(id, &server, listener, tls));
     if id == 0 {
         spawn_metrics_endpoint(&shard, config.metrics_listen);
     }
     spawn_retention(&shard);
     if id == 0 {
-        info!(address = %local, shards = config.shards, data_dir = %config.data_dir.display(), "serving");
+        info!(address = ?local.plaintext, tls_address = ?local.tls, shards = config.shards, data_dir = %config.data_dir.display(), "serving");
     }
 
     let _ = start.shutdown.recv_async().await;
@@ -282,6 +396,7 @@ async fn run_shard(
     health.set_all_not_serving();
     server.shutdown().await;
     drop(serving);
+    drop(serving_tls);
     start.drained.arrive_and_wait().await;
     let closed = shard.engine.close().await;
     start.closed.arrive_and_wait().await;
@@ -290,6 +405,33 @@ async fn run_shard(
     closed.map_err(|e| fail(format!("closing partitions: {e}")))?;
     info!(shard = id, "stopped");
     Ok(())
+}
+
+/// Serves TLS on `listener` and applies the reloads sent to this shard.
+fn spawn_tls_listener(
+    shard: usize,
+    server: &Server,
+    listener: glommio::net::TcpListener,
+    tls: ShardTls,
+) -> (
+    glommio::task::JoinHandle<Result<(), shardlog_wire::WireError>>,
+    glommio::task::JoinHandle<()>,
+) {
+    let acceptor = TlsAcceptor::new(read_latest(&tls.latest));
+    let serving = glommio::spawn_local({
+        let server = server.clone();
+        let acceptor = acceptor.clone();
+        async move { server.serve_tls(listener, acceptor).await }
+    })
+    .detach();
+    let reloading = glommio::spawn_local(async move {
+        while tls.reloads.recv_async().await.is_ok() {
+            acceptor.replace(read_latest(&tls.latest));
+            info!(shard, "tls configuration reloaded");
+        }
+    })
+    .detach();
+    (serving, reloading)
 }
 
 fn build_router(shard: &Rc<ShardContext>, health: &HealthReporter) -> Router {
@@ -438,21 +580,63 @@ fn remove_orphan_partitions(data_dir: &Path, catalog: &Catalog) -> Result<(), Ru
     crate::meta_store::sync_dir(&topics_dir).map_err(|e| RunError::Startup(e.to_string()))
 }
 
+/// What a SIGHUP reloads: the TLS files, published to every shard once
+/// loaded.
+struct TlsReload {
+    files: shardlog_wire::tls::TlsFiles,
+    latest: LatestTlsConfig,
+    shards: Vec<flume::Sender<()>>,
+}
+
+impl TlsReload {
+    /// Re-reads the files; on success every shard gets the new
+    /// configuration, on failure nothing changes.
+    fn reload(&self, generation: u64) {
+        let config = match shardlog_wire::tls::server_config(&self.files) {
+            Ok(config) => config,
+            Err(error) => {
+                error!(%error, generation, "tls reload failed; keeping the previous certificates");
+                return;
+            }
+        };
+        *self
+            .latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = config;
+        for sender in &self.shards {
+            // Full: a wake-up is pending and will read this configuration.
+            // Disconnected: the shard has stopped.
+            let _ = sender.try_send(());
+        }
+        info!(generation, "tls certificates reloaded from disk");
+    }
+}
+
 /// Starts the thread that turns SIGTERM/SIGINT into a shutdown message per
-/// shard; a second signal exits immediately.
+/// shard (a second one exits immediately) and SIGHUP into a TLS reload.
 fn install_signal_handler(
     shards: usize,
     stopping: Arc<AtomicBool>,
+    tls_reload: Option<TlsReload>,
 ) -> Result<Vec<flume::Receiver<()>>, RunError> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| RunError::Startup(format!("install signal handler: {e}")))?;
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..shards).map(|_| flume::bounded(1)).unzip();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             let mut seen = 0;
+            let mut reloads = 0_u64;
             for signal in signals.forever() {
+                if signal == SIGHUP {
+                    reloads += 1;
+                    match &tls_reload {
+                        Some(tls) => tls.reload(reloads),
+                        None => info!("SIGHUP: nothing to reload (no [tls] listener)"),
+                    }
+                    continue;
+                }
                 seen += 1;
                 if seen > 1 {
                     warn!(signal, "second signal: exiting now");

@@ -23,6 +23,10 @@ pub enum WireError {
         /// The configured keepalive timeout.
         timeout_ms: u128,
     },
+    /// The TLS handshake failed (bad or missing client certificate, no
+    /// common protocol version, cipher or ALPN protocol, I/O error).
+    #[error("tls handshake failed: {0}")]
+    TlsHandshake(#[source] std::io::Error),
     /// Accepting a TCP connection failed.
     #[error("accept failed: {0}")]
     Accept(String),

@@ -6,7 +6,8 @@
 //! - [`call`] types handlers and callers see ([`Request`], [`Response`],
 //!   [`Streaming`], [`ResponseSink`], [`CallContext`]);
 //! - [`server`]: routing, the four call shapes, HTTP/2 limits, timeouts,
-//!   drain; [`client`]: an h2 client with the same framing;
+//!   drain, plaintext and TLS listeners ([`tls`]: rustls setup, mTLS
+//!   principal, reload); [`client`]: an h2 client with the same framing;
 //! - [`proto`] (generated messages) and [`services`] (health, reflection,
 //!   interop test service).
 //!
@@ -25,6 +26,7 @@ pub mod proto;
 pub mod server;
 pub mod services;
 pub mod status;
+pub mod tls;
 
 pub use call::{
     CallContext, CancelToken, ConnectionInfo, Request, Response, ResponseSink, Streaming,

@@ -26,6 +26,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct TestServer {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The TLS listener's address, when the config turns `[tls]` on.
+    pub tls_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
     shards: usize,
@@ -45,6 +47,7 @@ impl TestServer {
         let mut server = Self {
             child: None,
             addr: "127.0.0.1:0".parse().expect("addr"),
+            tls_addr: None,
             data_dir,
             _temp: Some(temp),
             shards,
@@ -91,6 +94,10 @@ impl TestServer {
             .and_then(|rest| rest.split_whitespace().next())
             .unwrap_or_else(|| panic!("unexpected first line: {line}"));
         self.addr = addr.parse().expect("listening address");
+        self.tls_addr = line
+            .split_once(", tls on ")
+            .and_then(|(_, rest)| rest.split(',').next())
+            .and_then(|tls| tls.parse().ok());
         self.child = Some(child);
     }
 

@@ -55,6 +55,9 @@ pub struct ClientConfig {
     /// not SERVING (they reconnect on next use). Connections whose driver
     /// ended are always dropped on next use. Default: off.
     pub health_check_interval: Option<Duration>,
+    /// TLS for every connection (e.g. from `tls::client_config`); `None`
+    /// connects in plaintext. Default: `None`.
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 impl Default for ClientConfig {
@@ -65,6 +68,7 @@ impl Default for ClientConfig {
             retry: RetryPolicy::default(),
             channel: ChannelConfig::default(),
             health_check_interval: None,
+            tls: None,
         }
     }
 }
@@ -110,12 +114,15 @@ impl<R: Runtime> Client<R> {
         addr: SocketAddr,
         config: ClientConfig,
     ) -> Result<Client<R>, ClientError> {
-        let pool = Pool::new(
+        let mut pool = Pool::new(
             runtime.clone(),
             addr,
             config.connections,
             config.channel.clone(),
         )?;
+        if let Some(tls) = &config.tls {
+            pool = pool.with_tls(tls.clone());
+        }
         let health_check_interval = config.health_check_interval;
         let inner = Rc::new(ClientInner {
             runtime,

@@ -14,6 +14,7 @@ use super::runtime::Runtime;
 use super::sync::Notify;
 use super::{CallOptions, Channel, ChannelConfig};
 use crate::proto::grpc::health::v1 as health;
+use crate::tls::ClientTls;
 
 /// Upper bound of [`Pool`] sizes: more connections to one server than
 /// this only adds HTTP/2 overhead.
@@ -38,6 +39,8 @@ pub struct Pool<R: Runtime> {
     runtime: R,
     addr: SocketAddr,
     channel_config: ChannelConfig,
+    /// When set, every connection does a TLS handshake before HTTP/2.
+    tls: Option<ClientTls>,
     slots: Vec<PoolSlot>,
 }
 
@@ -61,8 +64,15 @@ impl<R: Runtime> Pool<R> {
             runtime,
             addr,
             channel_config,
+            tls: None,
             slots,
         })
+    }
+
+    /// Makes every connection of the pool use TLS.
+    pub fn with_tls(mut self, tls: ClientTls) -> Pool<R> {
+        self.tls = Some(tls);
+        self
     }
 
     /// The number of slots.
@@ -157,10 +167,27 @@ impl<R: Runtime> Pool<R> {
             .connect(addr)
             .await
             .map_err(|error| failed(error.to_string()))?;
-        let (channel, driver) =
-            Channel::handshake_with(stream, &addr.to_string(), self.channel_config.clone())
-                .await
-                .map_err(|error| failed(error.to_string()))?;
+        let authority = addr.to_string();
+        let config = self.channel_config.clone();
+        let (channel, driver): (Channel, futures_util::future::LocalBoxFuture<'static, ()>) =
+            match &self.tls {
+                None => {
+                    let (channel, driver) = Channel::handshake_with(stream, &authority, config)
+                        .await
+                        .map_err(|error| failed(error.to_string()))?;
+                    (channel, Box::pin(driver))
+                }
+                Some(tls) => {
+                    let stream = futures_rustls::TlsConnector::from(tls.config.clone())
+                        .connect(tls.server_name.clone(), stream)
+                        .await
+                        .map_err(|error| failed(format!("tls handshake: {error}")))?;
+                    let (channel, driver) = Channel::handshake_with(stream, &authority, config)
+                        .await
+                        .map_err(|error| failed(error.to_string()))?;
+                    (channel, Box::pin(driver))
+                }
+            };
         let alive = Rc::new(Cell::new(true));
         let flag = alive.clone();
         self.runtime.spawn(Box::pin(async move {

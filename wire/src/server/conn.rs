@@ -57,10 +57,63 @@ pub(crate) async fn serve_connection<IO>(
 where
     IO: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
 {
-    let _active = ActiveConnection::new(shared.clone());
+    let active = ActiveConnection::new(shared.clone());
+    let handshake_deadline = Instant::now() + shared.config.handshake_timeout;
+    serve_counted(active, io, connection_info, handshake_deadline).await
+}
+
+/// Serves a TLS connection: the TLS handshake and then the HTTP/2 one must
+/// both finish by one handshake deadline, and the connection counts
+/// against the connection bound from the moment it was accepted. A drain
+/// that starts during the TLS handshake ends it at once.
+pub(crate) async fn serve_tls_connection(
+    shared: Rc<ServerShared>,
+    stream: glommio::net::TcpStream,
+    acceptor: futures_rustls::TlsAcceptor,
+    peer_addr: Option<std::net::SocketAddr>,
+) -> Result<(), WireError> {
+    let active = ActiveConnection::new(shared.clone());
+    let handshake_timeout = shared.config.handshake_timeout;
+    let handshake_deadline = Instant::now() + handshake_timeout;
+    let drain = EventWait::new(shared.drain.clone());
+    let give_up = select(Timer::new(handshake_timeout), drain);
+    let tls = match select(acceptor.accept(stream), give_up).await {
+        Either::Left((result, _)) => result.map_err(WireError::TlsHandshake)?,
+        Either::Right((Either::Left(_), _)) => {
+            return Err(WireError::HandshakeTimeout {
+                timeout_ms: handshake_timeout.as_millis(),
+            });
+        }
+        Either::Right((Either::Right(_), _)) => return Ok(()),
+    };
+    let tls_principal = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(crate::tls::certificate_principal)
+        .map(Rc::from);
+    let info = ConnectionInfo {
+        peer_addr,
+        tls: true,
+        tls_principal,
+    };
+    serve_counted(active, tls, info, handshake_deadline).await
+}
+
+async fn serve_counted<IO>(
+    active: ActiveConnection,
+    io: IO,
+    connection_info: ConnectionInfo,
+    handshake_deadline: Instant,
+) -> Result<(), WireError>
+where
+    IO: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
+{
+    let shared = active.shared.clone();
     let handshake_timeout = shared.config.handshake_timeout;
     let handshake = shared.h2_builder.handshake::<_, Bytes>(io.compat());
-    let timer = Timer::new(handshake_timeout);
+    let timer = Timer::new(handshake_deadline.saturating_duration_since(Instant::now()));
     let connection = match select(handshake, timer).await {
         Either::Left((result, _)) => result.map_err(WireError::Handshake)?,
         Either::Right((_, _)) => {
@@ -71,6 +124,8 @@ where
     };
     let mut driver = ConnectionDriver::new(shared, connection, Rc::new(connection_info));
     poll_fn(|cx| driver.poll(cx)).await
+    // `active` (a parameter) drops after `driver`: the count falls once the
+    // connection is gone.
 }
 
 type H2Connection<IO> = Connection<Compat<IO>, Bytes>;

@@ -45,6 +45,7 @@ use crate::error::WireError;
 use crate::event::{Event, EventWait, wait_until};
 use crate::metadata::Metadata;
 use crate::status::{Code, Status};
+use crate::tls::TlsAcceptor;
 
 use dispatch::Method;
 use drive::{BidiStreamingMethod, ClientStreamingMethod, ServerStreamingMethod, UnaryMethod};
@@ -474,6 +475,33 @@ impl Server {
     /// per connection on the current executor, at most
     /// `config.max_connections` at once. Returns once the server drains.
     pub async fn serve(&self, listener: glommio::net::TcpListener) -> Result<(), WireError> {
+        self.accept_loop(listener, |stream| self.spawn_connection(stream))
+            .await
+    }
+
+    /// [`serve`](Self::serve) over TLS: each accepted connection does the
+    /// TLS handshake with the configuration `acceptor` holds at that moment
+    /// (see [`TlsAcceptor::replace`]), then HTTP/2. Both handshakes share
+    /// `config.handshake_timeout`, and connections in their TLS handshake
+    /// count against `config.max_connections`.
+    pub async fn serve_tls(
+        &self,
+        listener: glommio::net::TcpListener,
+        acceptor: TlsAcceptor,
+    ) -> Result<(), WireError> {
+        self.accept_loop(listener, |stream| {
+            self.spawn_tls_connection(stream, acceptor.current())
+        })
+        .await
+    }
+
+    /// Accepts until the server drains, handing each connection to `spawn`
+    /// while fewer than `config.max_connections` are active.
+    async fn accept_loop(
+        &self,
+        listener: glommio::net::TcpListener,
+        spawn: impl Fn(glommio::net::TcpStream),
+    ) -> Result<(), WireError> {
         let mut drain = EventWait::new(self.shared.drain.clone());
         loop {
             let shared = &self.shared;
@@ -489,7 +517,7 @@ impl Server {
                 Either::Right(((), _)) => return Ok(()),
             };
             match accepted {
-                Ok(stream) => self.spawn_connection(stream),
+                Ok(stream) => spawn(stream),
                 Err(error) => {
                     tracing::warn!(%error, "accept failed; retrying");
                     glommio::timer::sleep(ACCEPT_RETRY_DELAY).await;
@@ -509,6 +537,24 @@ impl Server {
             let connection = ConnectionInfo::plaintext(peer);
             if let Err(error) = server.serve_connection(stream, connection).await {
                 tracing::debug!(?peer, %error, "connection ended with an error");
+            }
+        })
+        .detach();
+    }
+
+    fn spawn_tls_connection(
+        &self,
+        stream: glommio::net::TcpStream,
+        acceptor: futures_rustls::TlsAcceptor,
+    ) {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "set_nodelay failed");
+        }
+        let peer = stream.peer_addr().ok();
+        let shared = self.shared.clone();
+        glommio::spawn_local(async move {
+            if let Err(error) = conn::serve_tls_connection(shared, stream, acceptor, peer).await {
+                tracing::debug!(?peer, %error, "tls connection ended with an error");
             }
         })
         .detach();
