@@ -85,6 +85,10 @@ pub struct Config {
     pub transport: TransportConfig,
     /// Fault injection for tests; never set in production.
     pub testing: TestingConfig,
+    /// Open connections per source IP, counted across every shard: not
+    /// read from TOML; each clone of this config shares the one table.
+    #[serde(skip)]
+    pub source_ip_connections: shardlog_wire::server::SourceIpConnections,
 }
 
 /// Test-only fault injection at the engine's storage boundary (io_uring
@@ -146,6 +150,9 @@ pub struct LimitsConfig {
     pub fetch_wait_ms_max: u64,
     /// Open connections per shard.
     pub connections_per_shard_max: usize,
+    /// Open connections per source IP address across all shards; 0
+    /// disables the cap.
+    pub connections_per_ip_max: u32,
 }
 
 /// HTTP/2 transport settings handed to the wire layer.
@@ -170,6 +177,14 @@ pub struct TransportConfig {
     pub keepalive_timeout_ms: u64,
     /// How long shutdown waits for in-flight calls before closing.
     pub drain_grace_ms: u64,
+    /// Longest a request header block may take to arrive (slowloris).
+    pub request_header_timeout_ms: u64,
+    /// Frames without request data (empty DATA, PING, SETTINGS, PRIORITY)
+    /// a connection may send per second before it is cut off.
+    pub noop_frames_per_second_max: u32,
+    /// Reset a streamed response that waited this long for the client to
+    /// read; 0 waits forever.
+    pub send_stall_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -191,6 +206,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             transport: TransportConfig::default(),
             testing: TestingConfig::default(),
+            source_ip_connections: Default::default(),
         }
     }
 }
@@ -222,6 +238,7 @@ impl Default for LimitsConfig {
             fetch_bytes_max: 1 << 20,
             fetch_wait_ms_max: 60_000,
             connections_per_shard_max: 10_000,
+            connections_per_ip_max: 1024,
         }
     }
 }
@@ -238,6 +255,9 @@ impl Default for TransportConfig {
             keepalive_interval_ms: 60_000,
             keepalive_timeout_ms: 20_000,
             drain_grace_ms: 10_000,
+            request_header_timeout_ms: 10_000,
+            noop_frames_per_second_max: 1000,
+            send_stall_timeout_ms: 60_000,
         }
     }
 }
@@ -415,6 +435,12 @@ impl Config {
             keepalive_timeout: millis(transport.keepalive_timeout_ms),
             drain_grace: millis(transport.drain_grace_ms),
             max_connections: self.limits.connections_per_shard_max,
+            max_connections_per_ip: (self.limits.connections_per_ip_max > 0)
+                .then_some(self.limits.connections_per_ip_max),
+            source_ip_connections: self.source_ip_connections.clone(),
+            request_header_timeout: millis(transport.request_header_timeout_ms),
+            max_noop_frames_per_second: transport.noop_frames_per_second_max,
+            send_stall_timeout: non_zero(transport.send_stall_timeout_ms),
             ..shardlog_wire::server::ServerConfig::default()
         }
     }

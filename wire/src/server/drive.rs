@@ -2,14 +2,14 @@
 //! against the deadline and a client reset, then write the response —
 //! headers, message(s), trailers, or Trailers-Only for errors.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::pin::{Pin, pin};
 use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt as _;
@@ -34,24 +34,26 @@ enum Outcome<T> {
     Done(T),
     /// The client reset the stream.
     Reset,
+    /// The response waited for send capacity beyond the stall timeout.
+    Stalled,
     /// The deadline passed first.
     DeadlineExceeded,
 }
 
-/// Runs `work` until it finishes, `poll_reset` reports a client reset, or
-/// `timeout` passes. `work` is dropped before this returns, so a handler is
+/// Runs `work` until it finishes, `poll_abort` reports a client reset or
+/// a send stall, or `timeout` passes. `work` is dropped before this returns, so a handler is
 /// cancelled before any response is written.
 ///
 /// `work` is pinned by the caller: passing the (large) call future by
 /// value would store it twice in this future's state.
 async fn race<F, R>(
     mut work: Pin<&mut F>,
-    mut poll_reset: R,
+    mut poll_abort: R,
     timeout: Option<Duration>,
 ) -> Outcome<F::Output>
 where
     F: Future,
-    R: FnMut(&mut Context<'_>) -> Poll<()>,
+    R: FnMut(&mut Context<'_>) -> Poll<Abort>,
 {
     // Beyond the cap a deadline is as good as none (and would overflow timers).
     let timeout = timeout.filter(|timeout| *timeout <= DEADLINE_TIMER_MAX);
@@ -60,8 +62,10 @@ where
         if let Poll::Ready(output) = work.as_mut().poll(cx) {
             return Poll::Ready(Outcome::Done(output));
         }
-        if poll_reset(cx).is_ready() {
-            return Poll::Ready(Outcome::Reset);
+        match poll_abort(cx) {
+            Poll::Ready(Abort::Reset) => return Poll::Ready(Outcome::Reset),
+            Poll::Ready(Abort::Stalled) => return Poll::Ready(Outcome::Stalled),
+            Poll::Pending => {}
         }
         match timer.as_mut().map(|timer| Pin::new(timer).poll(cx)) {
             Some(Poll::Ready(_)) => Poll::Ready(Outcome::DeadlineExceeded),
@@ -69,6 +73,14 @@ where
         }
     })
     .await
+}
+
+/// Why a call stops before its work finished.
+enum Abort {
+    /// The client reset the stream.
+    Reset,
+    /// The response waited for send capacity beyond the stall timeout.
+    Stalled,
 }
 
 /// Calls the handler, turning a panic (while building or polling its
@@ -125,8 +137,10 @@ async fn drive_single_response<Resp, W>(
         accept_encoding_gzip,
         max_message_bytes,
         report,
+        ..
     } = response;
-    let outcome = race(work, |cx| respond.poll_reset(cx).map(drop), timeout).await;
+    let poll_reset = |cx: &mut Context<'_>| respond.poll_reset(cx).map(|_| Abort::Reset);
+    let outcome = race(work, poll_reset, timeout).await;
     let code = match outcome {
         Outcome::Done(Ok(message)) => {
             send_single_response(respond, message, accept_encoding_gzip, max_message_bytes)
@@ -141,7 +155,7 @@ async fn drive_single_response<Resp, W>(
             send_trailers_only(respond, Status::deadline_exceeded("deadline exceeded"));
             Code::DEADLINE_EXCEEDED
         }
-        Outcome::Reset => {
+        Outcome::Reset | Outcome::Stalled => {
             context.cancel();
             Code::CANCELLED
         }
@@ -209,20 +223,24 @@ fn encode_response<Resp: prost::Message>(
 /// Drives a call whose response is a stream (server streaming, bidi).
 async fn drive_streamed_response<W>(
     state: Rc<RefCell<SinkState>>,
-    (timeout, report): StreamedLimits,
+    limits: StreamedLimits,
     context: &CallContext,
     work: Pin<&mut W>,
 ) where
     W: Future<Output = Result<(), Status>>,
 {
     let mut guard = CancelOnDrop::new(context);
-    // The handler may hold `trailers_mut()` across an await: skip the reset
-    // check for that poll rather than panic on the borrow.
-    let poll_reset = |cx: &mut Context<'_>| match state.try_borrow_mut() {
-        Ok(mut state) => state.poll_reset(cx),
+    let mut stall = StallWatch::new(limits.send_stall_timeout);
+    // The handler may hold `trailers_mut()` across an await: skip the
+    // checks for that poll rather than panic on the borrow.
+    let poll_abort = |cx: &mut Context<'_>| match state.try_borrow_mut() {
+        Ok(mut state) => match state.poll_reset(cx) {
+            Poll::Ready(()) => Poll::Ready(Abort::Reset),
+            Poll::Pending => stall.poll(cx, state.capacity_wait_since),
+        },
         Err(_) => Poll::Pending,
     };
-    let code = match race(work, poll_reset, timeout).await {
+    let code = match race(work, poll_abort, limits.timeout).await {
         Outcome::Done(result) => {
             let status = result.err().unwrap_or_else(Status::ok);
             let code = status.code();
@@ -238,10 +256,60 @@ async fn drive_streamed_response<W>(
             context.cancel();
             Code::CANCELLED
         }
+        Outcome::Stalled => {
+            context.cancel();
+            reset_stalled(&state);
+            limits.stalled_streams.set(limits.stalled_streams.get() + 1);
+            Code::CANCELLED
+        }
     };
     guard.completed = true;
-    if let Some(report) = report {
+    if let Some(report) = limits.report {
         report.finish(code);
+    }
+}
+
+/// Fires when a response has waited for send capacity, without a break,
+/// for the stall timeout.
+struct StallWatch {
+    timeout: Option<Duration>,
+    /// The wait being timed (its start) and its timer.
+    armed: Option<(Instant, glommio::timer::Timer)>,
+}
+
+impl StallWatch {
+    fn new(timeout: Option<Duration>) -> StallWatch {
+        StallWatch {
+            timeout,
+            armed: None,
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>, waiting_since: Option<Instant>) -> Poll<Abort> {
+        let (Some(timeout), Some(since)) = (self.timeout, waiting_since) else {
+            self.armed = None;
+            return Poll::Pending;
+        };
+        let timer = match &mut self.armed {
+            Some((armed_for, timer)) if *armed_for == since => timer,
+            slot => {
+                let left = timeout.saturating_sub(since.elapsed());
+                &mut slot.insert((since, glommio::timer::Timer::new(left))).1
+            }
+        };
+        Pin::new(timer).poll(cx).map(|_| Abort::Stalled)
+    }
+}
+
+/// Resets a stream whose client stopped reading: h2 drops what it had
+/// buffered for it.
+fn reset_stalled(state: &RefCell<SinkState>) {
+    let Ok(mut state) = state.try_borrow_mut() else {
+        return;
+    };
+    if let SendPhase::Open(mut stream) = std::mem::replace(&mut state.phase, SendPhase::Closed) {
+        tracing::debug!("response stalled on a client that does not read: stream reset");
+        stream.send_reset(h2::Reason::CANCEL);
     }
 }
 
@@ -265,8 +333,13 @@ fn finish_sink(state: &RefCell<SinkState>, status: Status) {
     }
 }
 
-/// The timeout and outcome report of a streamed response.
-type StreamedLimits = (Option<Duration>, Option<Report>);
+/// The limits and outcome report of a streamed response.
+struct StreamedLimits {
+    timeout: Option<Duration>,
+    report: Option<Report>,
+    send_stall_timeout: Option<Duration>,
+    stalled_streams: Rc<Cell<u32>>,
+}
 
 /// The shared response state of a streamed response and the handler's sink.
 fn sink<Resp: prost::Message>(
@@ -279,7 +352,13 @@ fn sink<Resp: prost::Message>(
     );
     let state = Rc::new(RefCell::new(state));
     let sink = ResponseSink::new(state.clone());
-    (state, (response.timeout, response.report), sink)
+    let limits = StreamedLimits {
+        timeout: response.timeout,
+        report: response.report,
+        send_stall_timeout: response.send_stall_timeout,
+        stalled_streams: response.stalled_streams,
+    };
+    (state, limits, sink)
 }
 
 macro_rules! method_struct {
