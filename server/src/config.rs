@@ -238,7 +238,7 @@ impl Default for LimitsConfig {
             fetch_bytes_max: 1 << 20,
             fetch_wait_ms_max: 60_000,
             connections_per_shard_max: 10_000,
-            connections_per_ip_max: 1024,
+            connections_per_ip_max: 4096,
         }
     }
 }

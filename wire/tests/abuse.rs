@@ -38,6 +38,9 @@ const IDLE_CONNECTION_BYTES_MAX: u64 = 64 * 1024;
 /// Peak server memory any other attack may add (its connections come one
 /// after another, so this is per attacking connection and then some).
 const ATTACK_GROWTH_BYTES_MAX: u64 = 16 * 1024 * 1024;
+/// The unary zero-window attack holds 16 responses of 1 MiB until the stall
+/// timeout: bounded by what it asked for, not by how long it waits.
+const ZERO_WINDOW_UNARY_GROWTH_BYTES_MAX: u64 = 48 * 1024 * 1024;
 /// How long the flood attacks keep reconnecting and flooding.
 const FLOOD_SECONDS: &str = "2";
 /// Latency probe: pause between calls, calls before measuring, least samples.
@@ -99,6 +102,14 @@ const ATTACKS: &[Attack] = &[
         args: &["--cut-within", "6", "--expect-cut-after", "1.5"],
         growth_bytes_max: ATTACK_GROWTH_BYTES_MAX,
     },
+    // 16 unary calls for 1 MiB each, never read: the responses wait in
+    // their calls (h2 queues nothing beyond the window) until the stall
+    // timeout resets the streams and cuts the connection.
+    Attack {
+        name: "zero_window_unary",
+        args: &["--cut-within", "6", "--expect-cut-after", "1.5"],
+        growth_bytes_max: ZERO_WINDOW_UNARY_GROWTH_BYTES_MAX,
+    },
     // Cut by the 2 s request-header timeout although a byte arrives every 100 ms.
     Attack {
         name: "slowloris",
@@ -129,8 +140,16 @@ fn every_attack_is_cut_while_normal_calls_keep_their_latency() {
     let probe = Probe::start(port);
     let mut failures = Vec::new();
     for attack in ATTACKS {
-        if let Err(failure) = run_attack(port, &probe, attack) {
-            failures.push(failure);
+        // A latency miss is measured again once: a neighbour's build on
+        // this shared machine can stall any few calls; a real regression
+        // misses twice. Cut and memory failures are final.
+        let mut outcome = run_attack(port, &probe, attack);
+        if let Err(Failure::Latency(miss)) = &outcome {
+            println!("{miss}; measuring once more");
+            outcome = run_attack(port, &probe, attack);
+        }
+        if let Err(failure) = outcome {
+            failures.push(failure.to_string());
         }
     }
     assert!(
@@ -140,7 +159,23 @@ fn every_attack_is_cut_while_normal_calls_keep_their_latency() {
     );
 }
 
-fn run_attack(port: u16, probe: &Probe, attack: &'static Attack) -> Result<(), String> {
+/// Why an attack was not contained.
+enum Failure {
+    /// Cut too late, or the server grew too much.
+    Contained(String),
+    /// Normal calls were too slow during the attack.
+    Latency(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Contained(what) | Failure::Latency(what) => f.write_str(what),
+        }
+    }
+}
+
+fn run_attack(port: u16, probe: &Probe, attack: &'static Attack) -> Result<(), Failure> {
     let baseline = probe.latencies(Arc::new(AtomicBool::new(false)), BASELINE_DURATION);
     let rss_before = harness::rss_bytes().expect("VmRSS readable");
     let sampler = RssSampler::start();
@@ -160,16 +195,16 @@ fn run_attack(port: u16, probe: &Probe, attack: &'static Attack) -> Result<(), S
     );
     assert_client_passed(attack.name, &run);
     if growth_bytes > attack.growth_bytes_max {
-        return Err(format!(
+        return Err(Failure::Contained(format!(
             "{}: server RSS grew {growth_bytes} bytes (max {})",
             attack.name, attack.growth_bytes_max
-        ));
+        )));
     }
     if p99_attack > bound {
-        return Err(format!(
+        return Err(Failure::Latency(format!(
             "{}: normal calls' p99 {p99_attack:?} under attack exceeds {bound:?} (2 x {p99_normal:?} + {P99_SLACK:?})",
             attack.name
-        ));
+        )));
     }
     Ok(())
 }
@@ -393,4 +428,79 @@ fn connections_over_the_per_ip_cap_are_closed_at_once() {
         assert!(Instant::now() < deadline, "a freed slot is never reused");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The abuse limits leave legitimate streams alone: a server stream that
+/// is quiet for longer than the send-stall timeout (a Subscribe waiting for
+/// records) and a client that reads a large stream slowly but steadily
+/// both complete.
+#[test]
+fn quiet_streams_and_slow_readers_are_not_cut() {
+    use shardlog_wire::proto::grpc::testing::{
+        ResponseParameters, StreamingOutputCallRequest, StreamingOutputCallResponse,
+    };
+    const STREAMING_OUTPUT_CALL: &str = "/grpc.testing.TestService/StreamingOutputCall";
+    /// Longer than the stall timeout: a pause that is not a stall.
+    const QUIET_US: i32 = 3_000_000;
+    /// Messages read slowly, each paused after, and their size (over the
+    /// stream window in total, so the server waits for capacity many times).
+    const SLOW_MESSAGES: usize = 40;
+    const SLOW_MESSAGE_BYTES: i32 = 64 * 1024;
+    const READ_PAUSE: Duration = Duration::from_millis(50);
+    let server = TestServer::start_with(abuse_config());
+    let port = server.port();
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .name("abuse-legitimate-client")
+        .spawn(move || async move {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let stream = glommio::net::TcpStream::connect(addr)
+                .await
+                .expect("connect");
+            let (channel, driver) = Channel::handshake(stream, &addr.to_string())
+                .await
+                .expect("handshake");
+            glommio::spawn_local(driver).detach();
+            let parameters = |size, interval_us| ResponseParameters {
+                size,
+                interval_us,
+                ..ResponseParameters::default()
+            };
+            let quiet = StreamingOutputCallRequest {
+                response_parameters: vec![parameters(10, 0), parameters(10, QUIET_US)],
+                ..StreamingOutputCallRequest::default()
+            };
+            let slow = StreamingOutputCallRequest {
+                response_parameters: vec![parameters(SLOW_MESSAGE_BYTES, 0); SLOW_MESSAGES],
+                ..StreamingOutputCallRequest::default()
+            };
+            for (what, request, pause) in [
+                ("quiet stream", quiet, Duration::ZERO),
+                ("slow reader", slow, READ_PAUSE),
+            ] {
+                let response = channel
+                    .server_streaming::<_, StreamingOutputCallResponse>(
+                        STREAMING_OUTPUT_CALL,
+                        &request,
+                        CallOptions::default(),
+                    )
+                    .await
+                    .unwrap_or_else(|status| panic!("{what}: {status:?}"));
+                let mut messages = response.into_inner();
+                let mut received = 0;
+                while let Some(_message) = messages
+                    .message()
+                    .await
+                    .unwrap_or_else(|status| panic!("{what}: {status:?}"))
+                {
+                    received += 1;
+                    if !pause.is_zero() {
+                        glommio::timer::sleep(pause).await;
+                    }
+                }
+                assert_eq!(received, request.response_parameters.len(), "{what}");
+            }
+        })
+        .expect("spawn client executor")
+        .join()
+        .expect("client finished");
 }

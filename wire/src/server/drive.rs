@@ -137,13 +137,19 @@ async fn drive_single_response<Resp, W>(
         accept_encoding_gzip,
         max_message_bytes,
         report,
-        ..
+        send_stall_timeout,
+        stalled_streams,
     } = response;
     let poll_reset = |cx: &mut Context<'_>| respond.poll_reset(cx).map(|_| Abort::Reset);
     let outcome = race(work, poll_reset, timeout).await;
     let code = match outcome {
         Outcome::Done(Ok(message)) => {
-            send_single_response(respond, message, accept_encoding_gzip, max_message_bytes)
+            let limits = (max_message_bytes, send_stall_timeout);
+            let sent = send_single_response(respond, message, accept_encoding_gzip, limits).await;
+            if sent == Sent::Stalled {
+                stalled_streams.set(stalled_streams.get() + 1);
+            }
+            sent.code()
         }
         Outcome::Done(Err(status)) => {
             let code = status.code();
@@ -166,14 +172,35 @@ async fn drive_single_response<Resp, W>(
     }
 }
 
-/// Writes a single-message response: headers, one DATA, trailers. Returns
-/// the status code sent.
-fn send_single_response<Resp: prost::Message>(
+/// How a single-message response ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// Sent with this status.
+    Status(Code),
+    /// The client went away (reset or closed) first.
+    Gone,
+    /// The client read nothing for the stall timeout: the stream was reset.
+    Stalled,
+}
+
+impl Sent {
+    /// The code reported for the call.
+    fn code(self) -> Code {
+        match self {
+            Sent::Status(code) => code,
+            Sent::Gone | Sent::Stalled => Code::CANCELLED,
+        }
+    }
+}
+
+/// Writes a single-message response: headers, the message as DATA within
+/// flow control, trailers. `(max_message_bytes, send_stall_timeout)`.
+async fn send_single_response<Resp: prost::Message>(
     mut respond: h2::server::SendResponse<Bytes>,
     response: Response<Resp>,
     accept_encoding_gzip: bool,
-    max_message_bytes: usize,
-) -> Code {
+    (max_message_bytes, send_stall_timeout): (usize, Option<Duration>),
+) -> Sent {
     let encoding = match response.compression() {
         Encoding::Gzip if accept_encoding_gzip => Encoding::Gzip,
         _ => Encoding::Identity,
@@ -184,20 +211,64 @@ fn send_single_response<Resp: prost::Message>(
         Err(status) => {
             let code = status.code();
             send_trailers_only(respond, status);
-            return code;
+            return Sent::Status(code);
         }
     };
     let head = headers::response_head(encoding, metadata);
     let Ok(mut stream) = respond.send_response(head, false) else {
-        return Code::CANCELLED;
+        return Sent::Gone;
     };
-    // The response is bounded by max_message_bytes; h2 queues what the
-    // window does not yet admit.
-    if stream.send_data(frame, false).is_err() {
-        return Code::CANCELLED;
+    match send_within_capacity(&mut stream, frame, send_stall_timeout).await {
+        Sent::Status(_) => {}
+        Sent::Stalled => {
+            stream.send_reset(h2::Reason::CANCEL);
+            return Sent::Stalled;
+        }
+        Sent::Gone => return Sent::Gone,
     }
     let _ = stream.send_trailers(headers::ok_trailers(trailers));
-    Code::OK
+    Sent::Status(Code::OK)
+}
+
+/// Sends `data` no faster than the client's windows admit, so h2 never
+/// queues more for a stream than its window (a client that does not read
+/// cannot make the server hold its responses). Capacity is usually there
+/// at once; waiting longer than `stall_timeout` gives [`Sent::Stalled`].
+async fn send_within_capacity(
+    stream: &mut h2::SendStream<Bytes>,
+    mut data: Bytes,
+    stall_timeout: Option<Duration>,
+) -> Sent {
+    let mut stall = StallWatch::new(stall_timeout);
+    while !data.is_empty() {
+        stream.reserve_capacity(data.len());
+        let mut waiting_since = None;
+        let capacity = poll_fn(|cx| {
+            loop {
+                let capacity = stream.capacity();
+                if capacity > 0 {
+                    return Poll::Ready(Ok(capacity));
+                }
+                match stream.poll_capacity(cx) {
+                    Poll::Ready(Some(Ok(_))) => continue,
+                    Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(Err(Sent::Gone)),
+                    Poll::Pending => break,
+                }
+            }
+            let since = *waiting_since.get_or_insert_with(Instant::now);
+            stall.poll(cx, Some(since)).map(|_| Err(Sent::Stalled))
+        })
+        .await;
+        let capacity = match capacity {
+            Ok(capacity) => capacity,
+            Err(sent) => return sent,
+        };
+        let chunk = data.split_to(capacity.min(data.len()));
+        if stream.send_data(chunk, false).is_err() {
+            return Sent::Gone;
+        }
+    }
+    Sent::Status(Code::OK)
 }
 
 /// Frames one response message, refusing it beyond the size limit.

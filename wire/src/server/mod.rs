@@ -218,7 +218,7 @@ pub struct ServerConfig {
     /// Connections one source IP address may hold open at once, counted
     /// in `source_ip_connections` (process-wide when every shard's config
     /// shares that table); beyond it a new connection is closed at once.
-    /// `None` disables the cap. Default 1,024.
+    /// `None` disables the cap. Default 4,096.
     pub max_connections_per_ip: Option<u32>,
     /// The table `max_connections_per_ip` counts in. Clones share it: clone
     /// one config (or this table) into every shard. Default: a new table.
@@ -292,7 +292,7 @@ impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
             max_connections: 10_000,
-            max_connections_per_ip: Some(1024),
+            max_connections_per_ip: Some(4096),
             source_ip_connections: SourceIpConnections::new(),
             request_header_timeout: Duration::from_secs(10),
             max_noop_frames_per_second: 1000,
