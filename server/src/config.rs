@@ -469,6 +469,36 @@ mod tests {
     }
 
     #[test]
+    fn abuse_limits_map_to_the_wire_and_clones_share_the_per_ip_table() {
+        let config = Config::from_toml(
+            "[limits]\nconnections_per_ip_max = 0\n[transport]\nsend_stall_timeout_ms = 0\n\
+             request_header_timeout_ms = 1500\nnoop_frames_per_second_max = 7\n",
+        )
+        .expect("valid toml");
+        let wire = config.server_config();
+        assert_eq!(wire.max_connections_per_ip, None, "0 disables the cap");
+        assert_eq!(wire.send_stall_timeout, None, "0 waits forever");
+        assert_eq!(wire.request_header_timeout.as_millis(), 1500);
+        assert_eq!(wire.max_noop_frames_per_second, 7);
+        let defaults = Config::default().server_config();
+        assert_eq!(defaults.max_connections_per_ip, Some(4096));
+        // Every shard gets a clone of one Config: their wire configs must
+        // count in the same table for the cap to be process-wide.
+        let shard_config = config.clone();
+        assert!(
+            config
+                .server_config()
+                .source_ip_connections
+                .is_shared_with(&shard_config.server_config().source_ip_connections)
+        );
+        assert!(
+            !Config::default()
+                .source_ip_connections
+                .is_shared_with(&config.source_ip_connections)
+        );
+    }
+
+    #[test]
     fn toml_then_flags_override() {
         let mut config = Config::from_toml(
             "listen = \"0.0.0.0:7000\"\nshards = 3\n[limits]\nfetch_bytes_max = 4096\n",

@@ -390,16 +390,25 @@ fn set_rlimit((soft, hard): (u64, u64)) {
 }
 
 /// Connections from one IP beyond `max_connections_per_ip` are closed at
-/// once (before any HTTP/2 byte); closing one lets a new one in.
+/// once (before any HTTP/2 byte), counted across two servers sharing one
+/// table as the shards of a process do; closing one lets a new one in.
 #[test]
-fn connections_over_the_per_ip_cap_are_closed_at_once() {
+fn connections_over_the_per_ip_cap_are_closed_at_once_across_shards() {
     const CAP: usize = 8;
     const READ_TIMEOUT: Duration = Duration::from_secs(10);
-    let server = TestServer::start_with(ServerConfig {
+    let config = ServerConfig {
         max_connections_per_ip: Some(CAP as u32),
         ..harness::config()
-    });
-    let addr = SocketAddr::from(([127, 0, 0, 1], server.port()));
+    };
+    // Clones share the per-IP table: two "shards".
+    let shards = [
+        TestServer::start_with(config.clone()),
+        TestServer::start_with(config),
+    ];
+    let addrs: Vec<SocketAddr> = shards
+        .iter()
+        .map(|shard| SocketAddr::from(([127, 0, 0, 1], shard.port())))
+        .collect();
     // The server's SETTINGS arrive on an admitted connection; a refused one
     // reads end-of-file.
     let admitted = |stream: &mut TcpStream| -> bool {
@@ -409,20 +418,24 @@ fn connections_over_the_per_ip_cap_are_closed_at_once() {
         let mut byte = [0u8; 1];
         matches!(stream.read(&mut byte), Ok(1))
     };
-    let connect = || TcpStream::connect(addr).expect("connect");
-    let mut open: Vec<TcpStream> = (0..CAP).map(|_| connect()).collect();
+    let connect = |addr: SocketAddr| TcpStream::connect(addr).expect("connect");
+    let mut open: Vec<TcpStream> = (0..CAP).map(|i| connect(addrs[i % 2])).collect();
     for stream in &mut open {
         assert!(admitted(stream), "a connection under the cap is served");
     }
-    let mut extra = connect();
-    let started = Instant::now();
-    assert!(!admitted(&mut extra), "connection over the cap is refused");
-    assert!(started.elapsed() < READ_TIMEOUT, "refused at once");
+    for addr in &addrs {
+        let started = Instant::now();
+        assert!(
+            !admitted(&mut connect(*addr)),
+            "connection over the cap is refused by every shard"
+        );
+        assert!(started.elapsed() < READ_TIMEOUT, "refused at once");
+    }
     drop(open.pop());
     // The server notices the close asynchronously: retry briefly.
     let deadline = Instant::now() + READ_TIMEOUT;
     loop {
-        if admitted(&mut connect()) {
+        if admitted(&mut connect(addrs[0])) {
             break;
         }
         assert!(Instant::now() < deadline, "a freed slot is never reused");

@@ -47,6 +47,11 @@ impl SourceIpConnections {
         self.lock().len()
     }
 
+    /// Whether `other` is a clone of this table (counts in the same map).
+    pub fn is_shared_with(&self, other: &SourceIpConnections) -> bool {
+        Arc::ptr_eq(&self.counts, &other.counts)
+    }
+
     /// Counts one more connection from `ip` unless it already has
     /// `max_per_ip`; the slot is given back when the result drops.
     fn try_acquire(&self, ip: IpAddr, max_per_ip: u32) -> Option<SourceIpSlot> {
