@@ -1,7 +1,10 @@
 //! One HTTP/2 connection: handshake under a timeout, then a single task
 //! that drives h2 (reads, writes, flow control), runs every call of the
 //! connection as a future in a bounded set, and keeps the timers h2 does not
-//! have: idle timeout, keepalive PINGs, and the drain deadline.
+//! have: idle timeout, keepalive PINGs, the drain deadline, the
+//! request-header timeout and the close deadline. It also cuts off a peer
+//! that abuses the connection (see `guard`): GOAWAY ENHANCE_YOUR_CALM, then
+//! close.
 //!
 //! Calls are polled inside the connection task rather than spawned: their
 //! writes and the connection's flush happen in the same poll, so responses
@@ -264,6 +267,7 @@ where
         tracing::debug!(peer = ?self.info.peer_addr, what, "cutting off an abusive connection");
         let cut = &self.shared.connections_cut;
         cut.set(cut.get() + 1);
+        self.shared.log_abuse_counts();
         self.calls.clear();
         self.connection.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
         self.shutting_down = true;

@@ -40,7 +40,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::{Either, select};
 
@@ -434,7 +434,35 @@ pub(crate) struct ServerShared {
     pub(crate) refused_source_ip_cap: Cell<u64>,
     /// Connections cut off for abuse (floods, stalls, slow headers).
     pub(crate) connections_cut: Cell<u64>,
+    /// When a refusal or cut-off was last logged at warn level.
+    pub(crate) abuse_logged_at: Cell<Option<Instant>>,
     pub(crate) observer: Option<Rc<dyn CallObserver>>,
+}
+
+/// Least time between two warn-level lines about refused or cut-off
+/// connections: an attack shows in the log without flooding it.
+const ABUSE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+impl ServerShared {
+    /// Logs the refusal and cut-off counts at warn level, at most once per
+    /// [`ABUSE_LOG_INTERVAL`].
+    pub(crate) fn log_abuse_counts(&self) {
+        let now = Instant::now();
+        let due = self
+            .abuse_logged_at
+            .get()
+            .is_none_or(|at| now.duration_since(at) >= ABUSE_LOG_INTERVAL);
+        if !due {
+            return;
+        }
+        self.abuse_logged_at.set(Some(now));
+        tracing::warn!(
+            refused_total_cap = self.refused_total_cap.get(),
+            refused_source_ip_cap = self.refused_source_ip_cap.get(),
+            cut_for_abuse = self.connections_cut.get(),
+            "connections refused over the caps or cut off for HTTP/2 abuse (totals since start)"
+        );
+    }
 }
 
 /// Receives the outcome of every gRPC call a [`Server`] answers, including
@@ -509,6 +537,7 @@ impl Server {
                 refused_total_cap: Cell::new(0),
                 refused_source_ip_cap: Cell::new(0),
                 connections_cut: Cell::new(0),
+                abuse_logged_at: Cell::new(None),
                 observer,
             }),
         }
@@ -546,6 +575,7 @@ impl Server {
                 };
                 counter.set(counter.get() + 1);
                 tracing::debug!(?peer, ?refusal, "connection refused");
+                self.shared.log_abuse_counts();
                 None
             }
         }
