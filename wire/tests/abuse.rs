@@ -53,6 +53,16 @@ const P99_SLACK: Duration = Duration::from_millis(2);
 /// RSS sampling period.
 const RSS_SAMPLE_PERIOD: Duration = Duration::from_millis(5);
 
+/// The tests of this file run one at a time: each one's servers, clients
+/// and attackers would otherwise skew the others' RSS and latency samples.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn abuse_config() -> ServerConfig {
     ServerConfig {
         idle_timeout: Some(IDLE_TIMEOUT),
@@ -133,6 +143,7 @@ const ATTACKS: &[Attack] = &[
 
 #[test]
 fn every_attack_is_cut_while_normal_calls_keep_their_latency() {
+    let _serial = serial();
     require_python();
     raise_fd_limit();
     let server = TestServer::start_with(abuse_config());
@@ -394,6 +405,7 @@ fn set_rlimit((soft, hard): (u64, u64)) {
 /// table as the shards of a process do; closing one lets a new one in.
 #[test]
 fn connections_over_the_per_ip_cap_are_closed_at_once_across_shards() {
+    let _serial = serial();
     const CAP: usize = 8;
     const READ_TIMEOUT: Duration = Duration::from_secs(10);
     let config = ServerConfig {
@@ -443,12 +455,40 @@ fn connections_over_the_per_ip_cap_are_closed_at_once_across_shards() {
     }
 }
 
+/// grpcio with a keepalive PING every 100 ms (also between calls) keeps its
+/// one connection and every call under the abuse limits.
+#[test]
+fn grpcio_with_eager_keepalive_is_not_cut() {
+    let _serial = serial();
+    require_python();
+    let server = TestServer::start_with(abuse_config());
+    let port = server.port().to_string();
+    let run = run_client("python3", &["abuse/keepalive_client.py", "--port", &port]);
+    assert_client_passed("grpcio keepalive client", &run);
+    drop(server);
+    // Negative control: the client really pings that often, since a limit
+    // of 3 no-op frames per second cuts it.
+    let strict = TestServer::start_with(ServerConfig {
+        max_noop_frames_per_second: 3,
+        ..abuse_config()
+    });
+    let port = strict.port().to_string();
+    let run = run_client("python3", &["abuse/keepalive_client.py", "--port", &port]);
+    println!("---- negative control ----\n{}", run.output);
+    assert_eq!(
+        run.code,
+        Some(1),
+        "a 3/s no-op frame limit must cut a 10/s pinger"
+    );
+}
+
 /// The abuse limits leave legitimate streams alone: a server stream that
 /// is quiet for longer than the send-stall timeout (a Subscribe waiting for
 /// records) and a client that reads a large stream slowly but steadily
 /// both complete.
 #[test]
 fn quiet_streams_and_slow_readers_are_not_cut() {
+    let _serial = serial();
     use shardlog_wire::proto::grpc::testing::{
         ResponseParameters, StreamingOutputCallRequest, StreamingOutputCallResponse,
     };
