@@ -86,6 +86,12 @@ const ATTACKS: &[Attack] = &[
         args: &["--duration", FLOOD_SECONDS, "--cut-within", "5"],
         growth_bytes_max: ATTACK_GROWTH_BYTES_MAX,
     },
+    // Within 2 s, far under the 10 s handshake timeout.
+    Attack {
+        name: "handshake_flood",
+        args: &["--duration", FLOOD_SECONDS, "--cut-within", "2"],
+        growth_bytes_max: ATTACK_GROWTH_BYTES_MAX,
+    },
     Attack {
         name: "continuation_flood",
         args: &["--duration", FLOOD_SECONDS, "--cut-within", "5"],

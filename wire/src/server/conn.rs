@@ -44,10 +44,17 @@ where
     let _permit = permit;
     let handshake_timeout = shared.config.handshake_timeout;
     let (io, guard) = FrameGuard::new(io, shared.config.max_noop_frames_per_second);
-    let handshake = shared.h2_builder.handshake::<_, Bytes>(io.compat());
+    let mut handshake = std::pin::pin!(shared.h2_builder.handshake::<_, Bytes>(io.compat()));
+    // A flood during the handshake stops the reads: end at once, not at the timeout.
+    let handshake = poll_fn(|cx| {
+        if guard.flood().is_some() {
+            return Poll::Ready(Err(WireError::Abuse { what: FLOOD }));
+        }
+        handshake.as_mut().poll(cx).map_err(WireError::Handshake)
+    });
     let timer = Timer::new(handshake_timeout);
-    let connection = match select(handshake, timer).await {
-        Either::Left((result, _)) => result.map_err(WireError::Handshake)?,
+    let connection = match select(std::pin::pin!(handshake), timer).await {
+        Either::Left((result, _)) => result?,
         Either::Right((_, _)) => {
             return Err(WireError::HandshakeTimeout {
                 timeout_ms: handshake_timeout.as_millis(),
@@ -110,6 +117,9 @@ struct ConnectionDriver<IO> {
     /// nothing).
     close_deadline: Option<Timer>,
 }
+
+/// What a peer cut off for a no-op frame flood did.
+const FLOOD: &str = "no-op frame flood (empty DATA, PING, SETTINGS or PRIORITY)";
 
 /// How long a closing connection's last frames (GOAWAY) may take to be
 /// written, and a graceful GOAWAY's PING to be answered, before the socket
@@ -228,7 +238,7 @@ where
     /// Checks the bounds h2 does not keep; names the one the peer exceeded.
     fn poll_abuse(&mut self, cx: &mut Context<'_>) -> Option<&'static str> {
         if self.guard.flood().is_some() {
-            return Some("no-op frame flood (empty DATA, PING, SETTINGS or PRIORITY)");
+            return Some(FLOOD);
         }
         if self.poll_header_timeout(cx) {
             return Some("request header block not finished within request_header_timeout");

@@ -32,6 +32,8 @@ ENHANCE_YOUR_CALM = 11
 # Frames written per send in a flood, and the most frames one round may send.
 FLOOD_BATCH_FRAMES = 200
 FLOOD_FRAMES_MAX = 2_000_000
+# PINGs sent with the connection preface in the handshake flood.
+HANDSHAKE_FLOOD_PINGS = 2000
 # Streams opened and reset per burst in the rapid-reset attack.
 RESET_BURST_STREAMS = 200
 # Pause between rounds, so the attacker does not starve the machine's two cores.
@@ -217,6 +219,35 @@ def settings_flood(port, args):
         lambda conn: [SettingsFrame(0, {}) for _ in range(FLOOD_BATCH_FRAMES)]))
 
 
+def handshake_flood(port, args):
+    """PINGs in the same write as the connection preface: cut during the handshake,
+    at once rather than at the handshake timeout."""
+    def one_round():
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        pings = b"".join(PingFrame(0, b"12345678").serialize()
+                         for _ in range(HANDSHAKE_FLOOD_PINGS))
+        started = time.monotonic()
+        try:
+            sock.sendall(PREFACE + SettingsFrame(0, {}).serialize() + pings)
+        except OSError:
+            pass
+        sock.settimeout(args.cut_within)
+        closed = False
+        try:
+            while sock.recv(65536):
+                pass
+            closed = True
+        except socket.timeout:
+            pass
+        except OSError:
+            closed = True
+        elapsed_ms = (time.monotonic() - started) * 1000
+        sock.close()
+        check(closed, f"flooded handshake not cut after {elapsed_ms:.0f} ms")
+        return elapsed_ms, None, HANDSHAKE_FLOOD_PINGS
+    return sustain(args, one_round)
+
+
 def continuation_flood(port, args):
     def opening(conn):
         block = conn.headers_block(f"{SERVICE}/EmptyCall")
@@ -378,7 +409,7 @@ def sustain(args, one_round):
             f"began, {frames} frames sent, GOAWAY codes {sorted(codes, key=str)}")
 
 
-ATTACKS = [rapid_reset, continuation_flood, empty_data_flood, ping_flood, settings_flood,
+ATTACKS = [rapid_reset, handshake_flood, continuation_flood, empty_data_flood, ping_flood, settings_flood,
            zero_window, zero_window_unary, slowloris, idle_connections]
 
 
