@@ -237,7 +237,8 @@ where
 
     /// Checks the bounds h2 does not keep; names the one the peer exceeded.
     fn poll_abuse(&mut self, cx: &mut Context<'_>) -> Option<&'static str> {
-        if self.guard.flood().is_some() {
+        if let Some(flood) = self.guard.flood() {
+            tracing::debug!(peer = ?self.info.peer_addr, noop_frames = flood.noop_frames, "frame flood");
             return Some(FLOOD);
         }
         if self.poll_header_timeout(cx) {

@@ -744,6 +744,34 @@ mod tests {
     }
 
     #[test]
+    fn admit_enforces_both_caps_and_counts_refusals() {
+        let table = SourceIpConnections::new();
+        let config = ServerConfig {
+            max_connections: 3,
+            max_connections_per_ip: Some(2),
+            source_ip_connections: table.clone(),
+            ..ServerConfig::default()
+        };
+        let server = Server::new(Router::new(), config);
+        let a: SocketAddr = "10.0.0.1:1000".parse().expect("addr");
+        let b: SocketAddr = "10.0.0.2:1000".parse().expect("addr");
+        let a1 = server.admit(Some(a)).expect("first from a");
+        let a2 = server.admit(Some(a)).expect("second from a");
+        assert!(server.admit(Some(a)).is_none(), "third from a: per-IP cap");
+        let b1 = server.admit(Some(b)).expect("first from b");
+        assert!(server.admit(Some(b)).is_none(), "total cap");
+        assert!(server.admit(None).is_none(), "total cap, unknown peer");
+        assert_eq!(server.active_connections(), 3);
+        assert_eq!(server.refused_connections(), (2, 1));
+        drop((a1, b1));
+        assert_eq!(table.connections(a.ip()), 1);
+        assert_eq!(table.connections(b.ip()), 0);
+        let _a3 = server.admit(Some(a)).expect("a slot was freed");
+        drop(a2);
+        assert_eq!(server.active_connections(), 1);
+    }
+
+    #[test]
     fn router_lists_services_and_routes_exact_paths() {
         let mut router = Router::new();
         router
