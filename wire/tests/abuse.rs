@@ -369,41 +369,27 @@ impl RssSampler {
     }
 }
 
-/// Room for the idle attack's connections (each is a server-side fd here).
+/// Room for the idle attack's connections (each is a server-side fd here):
+/// raises the soft RLIMIT_NOFILE towards the hard one if needed.
 fn raise_fd_limit() {
-    const FDS_NEEDED: u64 = 3 * IDLE_CONNECTIONS as u64;
-    let mut limit = libc_rlimit();
-    if limit.0 < FDS_NEEDED {
-        limit.0 = FDS_NEEDED.min(limit.1);
-        set_rlimit(limit);
+    const FDS_NEEDED: libc::rlim_t = 3 * IDLE_CONNECTIONS as libc::rlim_t;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read or write the struct passed.
+    let read = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    assert_eq!(read, 0, "getrlimit(RLIMIT_NOFILE) failed");
+    if limit.rlim_cur < FDS_NEEDED {
+        limit.rlim_cur = FDS_NEEDED.min(limit.rlim_max);
+        // SAFETY: as above.
+        let _ = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
     }
     assert!(
-        libc_rlimit().0 >= FDS_NEEDED,
-        "RLIMIT_NOFILE below {FDS_NEEDED}: raise it (ulimit -n) to run this test"
+        limit.rlim_cur >= FDS_NEEDED,
+        "RLIMIT_NOFILE hard limit {} is below {FDS_NEEDED}: raise it (ulimit -Hn) to run this test",
+        limit.rlim_max
     );
-}
-
-/// (soft, hard) RLIMIT_NOFILE, read from /proc (no libc binding needed).
-fn libc_rlimit() -> (u64, u64) {
-    let limits = std::fs::read_to_string("/proc/self/limits").expect("/proc/self/limits");
-    let line = limits
-        .lines()
-        .find(|line| line.starts_with("Max open files"))
-        .expect("open files limit listed");
-    let mut numbers = line
-        .split_whitespace()
-        .filter_map(|word| word.parse::<u64>().ok());
-    let soft = numbers.next().unwrap_or(u64::MAX);
-    let hard = numbers.next().unwrap_or(u64::MAX);
-    (soft, hard)
-}
-
-fn set_rlimit((soft, hard): (u64, u64)) {
-    // prlimit(1) from util-linux sets another process's limit.
-    let pid = std::process::id().to_string();
-    let _ = std::process::Command::new("prlimit")
-        .args(["--pid", &pid, &format!("--nofile={soft}:{hard}")])
-        .status();
 }
 
 /// Connections from one IP beyond `max_connections_per_ip` are closed at
