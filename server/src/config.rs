@@ -109,6 +109,10 @@ pub struct Config {
     pub quotas: crate::security::quota::QuotasConfig,
     /// The TLS listener (off unless `tls.listen` is set).
     pub tls: TlsConfig,
+    /// Open connections per source IP, counted across every shard: not
+    /// read from TOML; each clone of this config shares the one table.
+    #[serde(skip)]
+    pub source_ip_connections: shardlog_wire::server::SourceIpConnections,
 }
 
 /// The TLS listener: certificate, key, and optional mTLS (`[tls]`). Files
@@ -270,6 +274,9 @@ pub struct LimitsConfig {
     pub fetch_wait_ms_max: u64,
     /// Open connections per shard.
     pub connections_per_shard_max: usize,
+    /// Open connections per source IP address across all shards; 0
+    /// disables the cap.
+    pub connections_per_ip_max: u32,
 }
 
 /// HTTP/2 transport settings handed to the wire layer.
@@ -294,6 +301,14 @@ pub struct TransportConfig {
     pub keepalive_timeout_ms: u64,
     /// How long shutdown waits for in-flight calls before closing.
     pub drain_grace_ms: u64,
+    /// Longest a request header block may take to arrive (slowloris).
+    pub request_header_timeout_ms: u64,
+    /// Frames without request data (empty DATA, PING, SETTINGS, PRIORITY)
+    /// a connection may send per second before it is cut off.
+    pub noop_frames_per_second_max: u32,
+    /// Reset a streamed response that waited this long for the client to
+    /// read; 0 waits forever.
+    pub send_stall_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -319,6 +334,7 @@ impl Default for Config {
             acl: Vec::new(),
             quotas: crate::security::quota::QuotasConfig::default(),
             tls: TlsConfig::default(),
+            source_ip_connections: Default::default(),
         }
     }
 }
@@ -350,6 +366,7 @@ impl Default for LimitsConfig {
             fetch_bytes_max: 1 << 20,
             fetch_wait_ms_max: 60_000,
             connections_per_shard_max: 10_000,
+            connections_per_ip_max: 4096,
         }
     }
 }
@@ -366,6 +383,9 @@ impl Default for TransportConfig {
             keepalive_interval_ms: 60_000,
             keepalive_timeout_ms: 20_000,
             drain_grace_ms: 10_000,
+            request_header_timeout_ms: 10_000,
+            noop_frames_per_second_max: 1000,
+            send_stall_timeout_ms: 60_000,
         }
     }
 }
@@ -558,6 +578,12 @@ impl Config {
             keepalive_timeout: millis(transport.keepalive_timeout_ms),
             drain_grace: millis(transport.drain_grace_ms),
             max_connections: self.limits.connections_per_shard_max,
+            max_connections_per_ip: (self.limits.connections_per_ip_max > 0)
+                .then_some(self.limits.connections_per_ip_max),
+            source_ip_connections: self.source_ip_connections.clone(),
+            request_header_timeout: millis(transport.request_header_timeout_ms),
+            max_noop_frames_per_second: transport.noop_frames_per_second_max,
+            send_stall_timeout: non_zero(transport.send_stall_timeout_ms),
             ..shardlog_wire::server::ServerConfig::default()
         }
     }
@@ -586,6 +612,36 @@ mod tests {
         );
         assert_eq!(config.data_dir, PathBuf::from("./shardlog-data"));
         assert!(config.shards >= 1);
+    }
+
+    #[test]
+    fn abuse_limits_map_to_the_wire_and_clones_share_the_per_ip_table() {
+        let config = Config::from_toml(
+            "[limits]\nconnections_per_ip_max = 0\n[transport]\nsend_stall_timeout_ms = 0\n\
+             request_header_timeout_ms = 1500\nnoop_frames_per_second_max = 7\n",
+        )
+        .expect("valid toml");
+        let wire = config.server_config();
+        assert_eq!(wire.max_connections_per_ip, None, "0 disables the cap");
+        assert_eq!(wire.send_stall_timeout, None, "0 waits forever");
+        assert_eq!(wire.request_header_timeout.as_millis(), 1500);
+        assert_eq!(wire.max_noop_frames_per_second, 7);
+        let defaults = Config::default().server_config();
+        assert_eq!(defaults.max_connections_per_ip, Some(4096));
+        // Every shard gets a clone of one Config: their wire configs must
+        // count in the same table for the cap to be process-wide.
+        let shard_config = config.clone();
+        assert!(
+            config
+                .server_config()
+                .source_ip_connections
+                .is_shared_with(&shard_config.server_config().source_ip_connections)
+        );
+        assert!(
+            !Config::default()
+                .source_ip_connections
+                .is_shared_with(&config.source_ip_connections)
+        );
     }
 
     #[test]

@@ -153,7 +153,7 @@ impl shardlog_wire::server::CallObserver for MetricsObserver {
 }
 
 /// Metric families: name, type, help. Samples are grouped under them.
-const FAMILIES: [(&str, &str, &str); 18] = [
+const FAMILIES: [(&str, &str, &str); 20] = [
     (
         "grpc_requests_total",
         "counter",
@@ -228,6 +228,16 @@ const FAMILIES: [(&str, &str, &str); 18] = [
         "shardlog_connections_active",
         "gauge",
         "Open gRPC connections.",
+    ),
+    (
+        "shardlog_connections_refused_total",
+        "counter",
+        "Connections closed at accept, by the cap they exceeded (total, source_ip).",
+    ),
+    (
+        "shardlog_connections_cut_total",
+        "counter",
+        "Connections cut off for HTTP/2 abuse (frame floods, unfinished headers, stalled readers).",
     ),
     (
         "shardlog_cross_core_calls_total",
@@ -398,18 +408,36 @@ pub fn render_shard(shard: &ShardContext) -> String {
         }
     }
     let mesh = &shard.mesh;
-    let connections = shard
-        .server
-        .get()
-        .map_or(0, |server| server.active_connections());
-    let shard_counters: [(&str, u64); 4] = [
+    let server = shard.server.get();
+    let connections = server.map_or(0, |server| server.active_connections());
+    let (refused_total_cap, refused_source_ip_cap) =
+        server.map_or((0, 0), |server| server.refused_connections());
+    let shard_counters: [(&str, u64); 5] = [
         ("shardlog_connections_active", connections as u64),
+        (
+            "shardlog_connections_cut_total",
+            server.map_or(0, |server| server.connections_cut()),
+        ),
         ("shardlog_cross_core_inflight", mesh.inflight() as u64),
         ("shardlog_cross_core_calls_total", mesh.calls_total()),
         ("shardlog_cross_core_refused_total", mesh.refused_total()),
     ];
     for (family, value) in shard_counters {
         sample(&mut out, family, "", id, "", value);
+    }
+    let refused = [
+        (",cap=\"total\"", refused_total_cap),
+        (",cap=\"source_ip\"", refused_source_ip_cap),
+    ];
+    for (labels, value) in refused {
+        sample(
+            &mut out,
+            "shardlog_connections_refused_total",
+            "",
+            id,
+            labels,
+            value,
+        );
     }
     let busy = glommio::executor().executor_stats().total_runtime();
     sample(

@@ -672,6 +672,8 @@ fn metrics_endpoint_reports_calls_and_partitions() {
         "shardlog_partition_fsync_latency_us",
         "shardlog_shard_busy_seconds_total{shard=\"1\"}",
         "shardlog_connections_active{shard=",
+        "shardlog_connections_refused_total{shard=\"0\",cap=\"source_ip\"} 0",
+        "shardlog_connections_cut_total{shard=",
     ] {
         assert!(text.contains(needle), "metrics lack {needle:?}:\n{text}");
     }

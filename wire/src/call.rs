@@ -554,6 +554,9 @@ pub(crate) struct SinkState {
     pub(crate) encoding: Encoding,
     pub(crate) accept_encoding_gzip: bool,
     pub(crate) max_message_bytes: usize,
+    /// Since when [`ResponseSink::send`] has been waiting for flow-control
+    /// capacity, if it is (the driver's send-stall timeout reads it).
+    pub(crate) capacity_wait_since: Option<Instant>,
 }
 
 /// Where a response stands on the wire.
@@ -578,6 +581,7 @@ impl SinkState {
             encoding: Encoding::Identity,
             accept_encoding_gzip,
             max_message_bytes,
+            capacity_wait_since: None,
         }
     }
 
@@ -699,22 +703,30 @@ impl<T: prost::Message> ResponseSink<T> {
 
     fn poll_capacity(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
         let mut state = self.state.borrow_mut();
-        let SendPhase::Open(stream) = &mut state.phase else {
+        let SinkState {
+            phase,
+            capacity_wait_since,
+            ..
+        } = &mut *state;
+        let SendPhase::Open(stream) = phase else {
             return Poll::Ready(Err(Status::cancelled("response already finished")));
         };
-        loop {
+        let ready = loop {
             if stream.capacity() > 0 {
-                return Poll::Ready(Ok(()));
+                break Ok(());
             }
             match stream.poll_capacity(cx) {
                 Poll::Ready(Some(Ok(_))) => continue,
-                Poll::Ready(Some(Err(error))) => return Poll::Ready(Err(status_from_h2(&error))),
-                Poll::Ready(None) => {
-                    return Poll::Ready(Err(Status::cancelled("client went away")));
+                Poll::Ready(Some(Err(error))) => break Err(status_from_h2(&error)),
+                Poll::Ready(None) => break Err(Status::cancelled("client went away")),
+                Poll::Pending => {
+                    capacity_wait_since.get_or_insert_with(Instant::now);
+                    return Poll::Pending;
                 }
-                Poll::Pending => return Poll::Pending,
             }
-        }
+        };
+        *capacity_wait_since = None;
+        Poll::Ready(ready)
     }
 }
 

@@ -27,6 +27,14 @@ pub enum WireError {
     /// common protocol version, cipher or ALPN protocol, I/O error).
     #[error("tls handshake failed: {0}")]
     TlsHandshake(#[source] std::io::Error),
+    /// The peer abused the connection (a frame flood, a header block never
+    /// finished, streams it never read) and was cut off with GOAWAY
+    /// ENHANCE_YOUR_CALM.
+    #[error("connection cut off: {what}")]
+    Abuse {
+        /// Which bound the peer exceeded.
+        what: &'static str,
+    },
     /// Accepting a TCP connection failed.
     #[error("accept failed: {0}")]
     Accept(String),

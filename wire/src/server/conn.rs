@@ -1,15 +1,19 @@
 //! One HTTP/2 connection: handshake under a timeout, then a single task
 //! that drives h2 (reads, writes, flow control), runs every call of the
 //! connection as a future in a bounded set, and keeps the timers h2 does not
-//! have: idle timeout, keepalive PINGs, and the drain deadline.
+//! have: idle timeout, keepalive PINGs, the drain deadline, the
+//! request-header timeout and the close deadline. It also cuts off a peer
+//! that abuses the connection (see `guard`): GOAWAY ENHANCE_YOUR_CALM, then
+//! close.
 //!
 //! Calls are polled inside the connection task rather than spawned: their
 //! writes and the connection's flush happen in the same poll, so responses
 //! of many streams leave in one batched write.
 
+use std::cell::Cell;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -24,55 +28,34 @@ use crate::call::ConnectionInfo;
 use crate::error::WireError;
 use crate::event::{Event, EventWait};
 use crate::server::ServerShared;
+use crate::server::admission::ConnectionPermit;
 use crate::server::dispatch::prepare_call;
-
-/// Counts a connection as active for its lifetime; notifies on close.
-struct ActiveConnection {
-    shared: Rc<ServerShared>,
-}
-
-impl ActiveConnection {
-    fn new(shared: Rc<ServerShared>) -> ActiveConnection {
-        shared
-            .connections_active
-            .set(shared.connections_active.get() + 1);
-        ActiveConnection { shared }
-    }
-}
-
-impl Drop for ActiveConnection {
-    fn drop(&mut self) {
-        let active = self.shared.connections_active.get();
-        assert!(active > 0, "connection count underflow");
-        self.shared.connections_active.set(active - 1);
-        self.shared.connection_closed.notify_all();
-    }
-}
+use crate::server::guard::{FrameGuard, GuardState};
 
 pub(crate) async fn serve_connection<IO>(
     shared: Rc<ServerShared>,
     io: IO,
     connection_info: ConnectionInfo,
+    permit: ConnectionPermit,
 ) -> Result<(), WireError>
 where
     IO: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
 {
-    let active = ActiveConnection::new(shared.clone());
     let handshake_deadline = Instant::now() + shared.config.handshake_timeout;
-    serve_counted(active, io, connection_info, handshake_deadline).await
+    serve_h2(shared, io, connection_info, permit, handshake_deadline).await
 }
 
 /// Serves a TLS connection: the TLS handshake and then the HTTP/2 one must
 /// both finish by one handshake deadline, and the connection counts
-/// against the connection bound from the moment it was accepted. A drain
-/// that starts during the TLS handshake ends it at once.
+/// against the connection bounds (`permit`) from the moment it was
+/// accepted. A drain that starts during the TLS handshake ends it at once.
 pub(crate) async fn serve_tls_connection(
     shared: Rc<ServerShared>,
     stream: glommio::net::TcpStream,
     acceptor: futures_rustls::TlsAcceptor,
     peer_addr: Option<std::net::SocketAddr>,
+    permit: ConnectionPermit,
 ) -> Result<(), WireError> {
-    let active = ActiveConnection::new(shared.clone());
     let handshake_timeout = shared.config.handshake_timeout;
     let handshake_deadline = Instant::now() + handshake_timeout;
     let drain = EventWait::new(shared.drain.clone());
@@ -98,37 +81,47 @@ pub(crate) async fn serve_tls_connection(
         tls: true,
         tls_principal,
     };
-    serve_counted(active, tls, info, handshake_deadline).await
+    serve_h2(shared, tls, info, permit, handshake_deadline).await
 }
 
-async fn serve_counted<IO>(
-    active: ActiveConnection,
+/// The HTTP/2 handshake (by `handshake_deadline`) behind the frame guard,
+/// then the connection's driver until it closes.
+async fn serve_h2<IO>(
+    shared: Rc<ServerShared>,
     io: IO,
     connection_info: ConnectionInfo,
+    permit: ConnectionPermit,
     handshake_deadline: Instant,
 ) -> Result<(), WireError>
 where
     IO: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
 {
-    let shared = active.shared.clone();
+    // Declared first, dropped last: the count falls once the connection is gone.
+    let _permit = permit;
     let handshake_timeout = shared.config.handshake_timeout;
-    let handshake = shared.h2_builder.handshake::<_, Bytes>(io.compat());
+    let (io, guard) = FrameGuard::new(io, shared.config.max_noop_frames_per_second);
+    let mut handshake = std::pin::pin!(shared.h2_builder.handshake::<_, Bytes>(io.compat()));
+    // A flood during the handshake stops the reads: end at once, not at the timeout.
+    let handshake = poll_fn(|cx| {
+        if guard.flood().is_some() {
+            return Poll::Ready(Err(WireError::Abuse { what: FLOOD }));
+        }
+        handshake.as_mut().poll(cx).map_err(WireError::Handshake)
+    });
     let timer = Timer::new(handshake_deadline.saturating_duration_since(Instant::now()));
-    let connection = match select(handshake, timer).await {
-        Either::Left((result, _)) => result.map_err(WireError::Handshake)?,
+    let connection = match select(std::pin::pin!(handshake), timer).await {
+        Either::Left((result, _)) => result?,
         Either::Right((_, _)) => {
             return Err(WireError::HandshakeTimeout {
                 timeout_ms: handshake_timeout.as_millis(),
             });
         }
     };
-    let mut driver = ConnectionDriver::new(shared, connection, Rc::new(connection_info));
+    let mut driver = ConnectionDriver::new(shared, connection, Rc::new(connection_info), guard);
     poll_fn(|cx| driver.poll(cx)).await
-    // `active` (a parameter) drops after `driver`: the count falls once the
-    // connection is gone.
 }
 
-type H2Connection<IO> = Connection<Compat<IO>, Bytes>;
+type H2Connection<IO> = Connection<Compat<FrameGuard<IO>>, Bytes>;
 
 /// Keepalive state: PINGs are sent on housekeeping ticks.
 struct Keepalive {
@@ -163,7 +156,31 @@ struct ConnectionDriver<IO> {
     idle_for: Duration,
     /// Set once GOAWAY was sent (idle timeout or drain).
     shutting_down: bool,
+    /// What the inbound frame watcher saw.
+    guard: Rc<GuardState>,
+    /// Armed while a request header block is incomplete: (its start, the
+    /// timer firing `request_header_timeout` after it).
+    header_timer: Option<(Instant, Timer)>,
+    /// Streams reset because the client stopped reading (counted by the
+    /// call drivers), and how many of those were looked at.
+    stalled_streams: Rc<Cell<u32>>,
+    stalled_streams_seen: u32,
+    /// Set when the peer was cut off for abuse; the bound it exceeded.
+    cut: Option<&'static str>,
+    /// Armed once the connection is closing (cut off, idle, drain grace
+    /// over): when it fires the socket is closed whatever h2 still waits
+    /// for (a PING ack for a graceful GOAWAY, a flush to a peer that reads
+    /// nothing).
+    close_deadline: Option<Timer>,
 }
+
+/// What a peer cut off for a no-op frame flood did.
+const FLOOD: &str = "no-op frame flood (empty DATA, PING, SETTINGS or PRIORITY)";
+
+/// How long a closing connection's last frames (GOAWAY) may take to be
+/// written, and a graceful GOAWAY's PING to be answered, before the socket
+/// is closed regardless.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Streams accepted in one batch before the calls run (bounds the time
 /// between two flushes under a flood of new streams).
@@ -184,6 +201,7 @@ where
         shared: Rc<ServerShared>,
         mut connection: H2Connection<IO>,
         info: Rc<ConnectionInfo>,
+        guard: Rc<GuardState>,
     ) -> Self {
         let config = &shared.config;
         let keepalive = config.keepalive_interval.and_then(|interval| {
@@ -216,6 +234,12 @@ where
             calls_started: 0,
             idle_for: Duration::ZERO,
             shutting_down: false,
+            guard,
+            header_timer: None,
+            stalled_streams: Rc::new(Cell::new(0)),
+            stalled_streams_seen: 0,
+            cut: None,
+            close_deadline: None,
         }
     }
 
@@ -231,11 +255,93 @@ where
             self.calls.clear();
             self.connection.abrupt_shutdown(Reason::NO_ERROR);
             self.drain_deadline = None;
+            self.close_deadline = Some(Timer::new(CLOSE_FLUSH_TIMEOUT));
         }
-        if let Poll::Ready(result) = self.poll_streams(cx) {
+        if let Poll::Ready(result) = self.poll_close_deadline(cx) {
             return Poll::Ready(result);
         }
-        self.poll_housekeeping(cx)
+        if let Poll::Ready(result) = self.poll_streams(cx) {
+            return Poll::Ready(match self.cut {
+                Some(what) => Err(WireError::Abuse { what }),
+                None => result,
+            });
+        }
+        if self.cut.is_none()
+            && let Some(what) = self.poll_abuse(cx)
+        {
+            self.cut_off(cx, what);
+            return Poll::Pending;
+        }
+        if let Poll::Ready(result) = self.poll_housekeeping(cx) {
+            return Poll::Ready(result);
+        }
+        // Housekeeping may have armed the close deadline: register its timer.
+        self.poll_close_deadline(cx)
+    }
+
+    /// Ready once the close deadline (if armed) passed: the connection ends.
+    fn poll_close_deadline(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WireError>> {
+        let Some(deadline) = &mut self.close_deadline else {
+            return Poll::Pending;
+        };
+        ready!(Pin::new(deadline).poll(cx));
+        Poll::Ready(match self.cut {
+            Some(what) => Err(WireError::Abuse { what }),
+            None => Ok(()),
+        })
+    }
+
+    /// Checks the bounds h2 does not keep; names the one the peer exceeded.
+    fn poll_abuse(&mut self, cx: &mut Context<'_>) -> Option<&'static str> {
+        if let Some(flood) = self.guard.flood() {
+            tracing::debug!(peer = ?self.info.peer_addr, noop_frames = flood.noop_frames, "frame flood");
+            return Some(FLOOD);
+        }
+        if self.poll_header_timeout(cx) {
+            return Some("request header block not finished within request_header_timeout");
+        }
+        let stalled = self.stalled_streams.get();
+        if stalled > self.stalled_streams_seen {
+            self.stalled_streams_seen = stalled;
+            if self.calls.is_empty() {
+                return Some("every stream stalled on a client that does not read");
+            }
+        }
+        None
+    }
+
+    /// Whether the incomplete header block (if any) is past its timeout.
+    fn poll_header_timeout(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(since) = self.guard.header_block_since() else {
+            self.header_timer = None;
+            return false;
+        };
+        let timer = match &mut self.header_timer {
+            Some((armed_for, timer)) if *armed_for == since => timer,
+            slot => {
+                let timeout = self.shared.config.request_header_timeout;
+                let left = timeout.saturating_sub(since.elapsed());
+                &mut slot.insert((since, Timer::new(left))).1
+            }
+        };
+        Pin::new(timer).poll(cx).is_ready()
+    }
+
+    /// GOAWAY ENHANCE_YOUR_CALM, every call dropped (its stream reset), and
+    /// the socket closed once the GOAWAY is written or `CLOSE_FLUSH_TIMEOUT`
+    /// passed.
+    fn cut_off(&mut self, cx: &mut Context<'_>, what: &'static str) {
+        tracing::debug!(peer = ?self.info.peer_addr, what, "cutting off an abusive connection");
+        let cut = &self.shared.connections_cut;
+        cut.set(cut.get() + 1);
+        self.shared.log_abuse_counts();
+        self.calls.clear();
+        self.connection.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+        self.shutting_down = true;
+        self.cut = Some(what);
+        self.close_deadline = Some(Timer::new(CLOSE_FLUSH_TIMEOUT));
+        // h2 writes the GOAWAY when polled next.
+        cx.waker().wake_by_ref();
     }
 
     /// Runs calls and h2 until neither makes progress.
@@ -274,7 +380,14 @@ where
 
     fn accept_call(&mut self, request: http::Request<RecvStream>, respond: SendResponse<Bytes>) {
         self.calls_started += 1;
-        if let Some(call) = prepare_call(&self.shared, request, respond, &self.info) {
+        let call = prepare_call(
+            &self.shared,
+            request,
+            respond,
+            &self.info,
+            &self.stalled_streams,
+        );
+        if let Some(call) = call {
             self.calls.push(call);
         }
     }
@@ -327,6 +440,8 @@ where
             tracing::debug!(peer = ?self.info.peer_addr, "idle timeout: closing connection");
             self.connection.graceful_shutdown();
             self.shutting_down = true;
+            // An idle peer loses nothing if it never acks the GOAWAY's PING.
+            self.close_deadline = Some(Timer::new(CLOSE_FLUSH_TIMEOUT));
         }
         let Some(keepalive) = &mut self.keepalive else {
             return Ok(());

@@ -3,6 +3,7 @@
 //! immediate answers the protocol asks for, and the request/response halves
 //! handed to the method's driver (see `drive`).
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,10 @@ pub(crate) struct CallResponse {
     pub(crate) accept_encoding_gzip: bool,
     pub(crate) max_message_bytes: usize,
     pub(crate) report: Option<Report>,
+    /// How long a streamed response may wait for send capacity.
+    pub(crate) send_stall_timeout: Option<Duration>,
+    /// The connection's count of streams reset for stalling.
+    pub(crate) stalled_streams: Rc<Cell<u32>>,
 }
 
 /// A call's outcome on its way to the server's [`CallObserver`].
@@ -134,6 +139,7 @@ pub(crate) fn prepare_call(
     request: http::Request<RecvStream>,
     respond: SendResponse<Bytes>,
     connection: &Rc<ConnectionInfo>,
+    stalled_streams: &Rc<Cell<u32>>,
 ) -> Option<LocalBoxFuture<'static, ()>> {
     let (parts, body) = request.into_parts();
     let accepted = match check_request(shared, &parts) {
@@ -178,6 +184,8 @@ pub(crate) fn prepare_call(
             accept_encoding_gzip: accepted.accept_encoding_gzip,
             max_message_bytes,
             report: Report::new(shared, Some(accepted.method_path)),
+            send_stall_timeout: shared.config.send_stall_timeout,
+            stalled_streams: stalled_streams.clone(),
         },
     };
     Some(accepted.method.call(call))

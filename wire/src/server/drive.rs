@@ -2,14 +2,14 @@
 //! against the deadline and a client reset, then write the response —
 //! headers, message(s), trailers, or Trailers-Only for errors.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::pin::{Pin, pin};
 use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt as _;
@@ -34,24 +34,26 @@ enum Outcome<T> {
     Done(T),
     /// The client reset the stream.
     Reset,
+    /// The response waited for send capacity beyond the stall timeout.
+    Stalled,
     /// The deadline passed first.
     DeadlineExceeded,
 }
 
-/// Runs `work` until it finishes, `poll_reset` reports a client reset, or
-/// `timeout` passes. `work` is dropped before this returns, so a handler is
+/// Runs `work` until it finishes, `poll_abort` reports a client reset or
+/// a send stall, or `timeout` passes. `work` is dropped before this returns, so a handler is
 /// cancelled before any response is written.
 ///
 /// `work` is pinned by the caller: passing the (large) call future by
 /// value would store it twice in this future's state.
 async fn race<F, R>(
     mut work: Pin<&mut F>,
-    mut poll_reset: R,
+    mut poll_abort: R,
     timeout: Option<Duration>,
 ) -> Outcome<F::Output>
 where
     F: Future,
-    R: FnMut(&mut Context<'_>) -> Poll<()>,
+    R: FnMut(&mut Context<'_>) -> Poll<Abort>,
 {
     // Beyond the cap a deadline is as good as none (and would overflow timers).
     let timeout = timeout.filter(|timeout| *timeout <= DEADLINE_TIMER_MAX);
@@ -60,8 +62,10 @@ where
         if let Poll::Ready(output) = work.as_mut().poll(cx) {
             return Poll::Ready(Outcome::Done(output));
         }
-        if poll_reset(cx).is_ready() {
-            return Poll::Ready(Outcome::Reset);
+        match poll_abort(cx) {
+            Poll::Ready(Abort::Reset) => return Poll::Ready(Outcome::Reset),
+            Poll::Ready(Abort::Stalled) => return Poll::Ready(Outcome::Stalled),
+            Poll::Pending => {}
         }
         match timer.as_mut().map(|timer| Pin::new(timer).poll(cx)) {
             Some(Poll::Ready(_)) => Poll::Ready(Outcome::DeadlineExceeded),
@@ -69,6 +73,14 @@ where
         }
     })
     .await
+}
+
+/// Why a call stops before its work finished.
+enum Abort {
+    /// The client reset the stream.
+    Reset,
+    /// The response waited for send capacity beyond the stall timeout.
+    Stalled,
 }
 
 /// Calls the handler, turning a panic (while building or polling its
@@ -125,11 +137,19 @@ async fn drive_single_response<Resp, W>(
         accept_encoding_gzip,
         max_message_bytes,
         report,
+        send_stall_timeout,
+        stalled_streams,
     } = response;
-    let outcome = race(work, |cx| respond.poll_reset(cx).map(drop), timeout).await;
+    let poll_reset = |cx: &mut Context<'_>| respond.poll_reset(cx).map(|_| Abort::Reset);
+    let outcome = race(work, poll_reset, timeout).await;
     let code = match outcome {
         Outcome::Done(Ok(message)) => {
-            send_single_response(respond, message, accept_encoding_gzip, max_message_bytes)
+            let limits = (max_message_bytes, send_stall_timeout);
+            let sent = send_single_response(respond, message, accept_encoding_gzip, limits).await;
+            if sent == Sent::Stalled {
+                stalled_streams.set(stalled_streams.get() + 1);
+            }
+            sent.code()
         }
         Outcome::Done(Err(status)) => {
             let code = status.code();
@@ -141,7 +161,7 @@ async fn drive_single_response<Resp, W>(
             send_trailers_only(respond, Status::deadline_exceeded("deadline exceeded"));
             Code::DEADLINE_EXCEEDED
         }
-        Outcome::Reset => {
+        Outcome::Reset | Outcome::Stalled => {
             context.cancel();
             Code::CANCELLED
         }
@@ -152,14 +172,35 @@ async fn drive_single_response<Resp, W>(
     }
 }
 
-/// Writes a single-message response: headers, one DATA, trailers. Returns
-/// the status code sent.
-fn send_single_response<Resp: prost::Message>(
+/// How a single-message response ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// Sent with this status.
+    Status(Code),
+    /// The client went away (reset or closed) first.
+    Gone,
+    /// The client read nothing for the stall timeout: the stream was reset.
+    Stalled,
+}
+
+impl Sent {
+    /// The code reported for the call.
+    fn code(self) -> Code {
+        match self {
+            Sent::Status(code) => code,
+            Sent::Gone | Sent::Stalled => Code::CANCELLED,
+        }
+    }
+}
+
+/// Writes a single-message response: headers, the message as DATA within
+/// flow control, trailers. `(max_message_bytes, send_stall_timeout)`.
+async fn send_single_response<Resp: prost::Message>(
     mut respond: h2::server::SendResponse<Bytes>,
     response: Response<Resp>,
     accept_encoding_gzip: bool,
-    max_message_bytes: usize,
-) -> Code {
+    (max_message_bytes, send_stall_timeout): (usize, Option<Duration>),
+) -> Sent {
     let encoding = match response.compression() {
         Encoding::Gzip if accept_encoding_gzip => Encoding::Gzip,
         _ => Encoding::Identity,
@@ -170,20 +211,64 @@ fn send_single_response<Resp: prost::Message>(
         Err(status) => {
             let code = status.code();
             send_trailers_only(respond, status);
-            return code;
+            return Sent::Status(code);
         }
     };
     let head = headers::response_head(encoding, metadata);
     let Ok(mut stream) = respond.send_response(head, false) else {
-        return Code::CANCELLED;
+        return Sent::Gone;
     };
-    // The response is bounded by max_message_bytes; h2 queues what the
-    // window does not yet admit.
-    if stream.send_data(frame, false).is_err() {
-        return Code::CANCELLED;
+    match send_within_capacity(&mut stream, frame, send_stall_timeout).await {
+        Sent::Status(_) => {}
+        Sent::Stalled => {
+            stream.send_reset(h2::Reason::CANCEL);
+            return Sent::Stalled;
+        }
+        Sent::Gone => return Sent::Gone,
     }
     let _ = stream.send_trailers(headers::ok_trailers(trailers));
-    Code::OK
+    Sent::Status(Code::OK)
+}
+
+/// Sends `data` no faster than the client's windows admit, so h2 never
+/// queues more for a stream than its window (a client that does not read
+/// cannot make the server hold its responses). Capacity is usually there
+/// at once; waiting longer than `stall_timeout` gives [`Sent::Stalled`].
+async fn send_within_capacity(
+    stream: &mut h2::SendStream<Bytes>,
+    mut data: Bytes,
+    stall_timeout: Option<Duration>,
+) -> Sent {
+    let mut stall = StallWatch::new(stall_timeout);
+    while !data.is_empty() {
+        stream.reserve_capacity(data.len());
+        let mut waiting_since = None;
+        let capacity = poll_fn(|cx| {
+            loop {
+                let capacity = stream.capacity();
+                if capacity > 0 {
+                    return Poll::Ready(Ok(capacity));
+                }
+                match stream.poll_capacity(cx) {
+                    Poll::Ready(Some(Ok(_))) => continue,
+                    Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(Err(Sent::Gone)),
+                    Poll::Pending => break,
+                }
+            }
+            let since = *waiting_since.get_or_insert_with(Instant::now);
+            stall.poll(cx, Some(since)).map(|_| Err(Sent::Stalled))
+        })
+        .await;
+        let capacity = match capacity {
+            Ok(capacity) => capacity,
+            Err(sent) => return sent,
+        };
+        let chunk = data.split_to(capacity.min(data.len()));
+        if stream.send_data(chunk, false).is_err() {
+            return Sent::Gone;
+        }
+    }
+    Sent::Status(Code::OK)
 }
 
 /// Frames one response message, refusing it beyond the size limit.
@@ -209,20 +294,24 @@ fn encode_response<Resp: prost::Message>(
 /// Drives a call whose response is a stream (server streaming, bidi).
 async fn drive_streamed_response<W>(
     state: Rc<RefCell<SinkState>>,
-    (timeout, report): StreamedLimits,
+    limits: StreamedLimits,
     context: &CallContext,
     work: Pin<&mut W>,
 ) where
     W: Future<Output = Result<(), Status>>,
 {
     let mut guard = CancelOnDrop::new(context);
-    // The handler may hold `trailers_mut()` across an await: skip the reset
-    // check for that poll rather than panic on the borrow.
-    let poll_reset = |cx: &mut Context<'_>| match state.try_borrow_mut() {
-        Ok(mut state) => state.poll_reset(cx),
+    let mut stall = StallWatch::new(limits.send_stall_timeout);
+    // The handler may hold `trailers_mut()` across an await: skip the
+    // checks for that poll rather than panic on the borrow.
+    let poll_abort = |cx: &mut Context<'_>| match state.try_borrow_mut() {
+        Ok(mut state) => match state.poll_reset(cx) {
+            Poll::Ready(()) => Poll::Ready(Abort::Reset),
+            Poll::Pending => stall.poll(cx, state.capacity_wait_since),
+        },
         Err(_) => Poll::Pending,
     };
-    let code = match race(work, poll_reset, timeout).await {
+    let code = match race(work, poll_abort, limits.timeout).await {
         Outcome::Done(result) => {
             let status = result.err().unwrap_or_else(Status::ok);
             let code = status.code();
@@ -238,10 +327,60 @@ async fn drive_streamed_response<W>(
             context.cancel();
             Code::CANCELLED
         }
+        Outcome::Stalled => {
+            context.cancel();
+            reset_stalled(&state);
+            limits.stalled_streams.set(limits.stalled_streams.get() + 1);
+            Code::CANCELLED
+        }
     };
     guard.completed = true;
-    if let Some(report) = report {
+    if let Some(report) = limits.report {
         report.finish(code);
+    }
+}
+
+/// Fires when a response has waited for send capacity, without a break,
+/// for the stall timeout.
+struct StallWatch {
+    timeout: Option<Duration>,
+    /// The wait being timed (its start) and its timer.
+    armed: Option<(Instant, glommio::timer::Timer)>,
+}
+
+impl StallWatch {
+    fn new(timeout: Option<Duration>) -> StallWatch {
+        StallWatch {
+            timeout,
+            armed: None,
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>, waiting_since: Option<Instant>) -> Poll<Abort> {
+        let (Some(timeout), Some(since)) = (self.timeout, waiting_since) else {
+            self.armed = None;
+            return Poll::Pending;
+        };
+        let timer = match &mut self.armed {
+            Some((armed_for, timer)) if *armed_for == since => timer,
+            slot => {
+                let left = timeout.saturating_sub(since.elapsed());
+                &mut slot.insert((since, glommio::timer::Timer::new(left))).1
+            }
+        };
+        Pin::new(timer).poll(cx).map(|_| Abort::Stalled)
+    }
+}
+
+/// Resets a stream whose client stopped reading: h2 drops what it had
+/// buffered for it.
+fn reset_stalled(state: &RefCell<SinkState>) {
+    let Ok(mut state) = state.try_borrow_mut() else {
+        return;
+    };
+    if let SendPhase::Open(mut stream) = std::mem::replace(&mut state.phase, SendPhase::Closed) {
+        tracing::debug!("response stalled on a client that does not read: stream reset");
+        stream.send_reset(h2::Reason::CANCEL);
     }
 }
 
@@ -265,8 +404,13 @@ fn finish_sink(state: &RefCell<SinkState>, status: Status) {
     }
 }
 
-/// The timeout and outcome report of a streamed response.
-type StreamedLimits = (Option<Duration>, Option<Report>);
+/// The limits and outcome report of a streamed response.
+struct StreamedLimits {
+    timeout: Option<Duration>,
+    report: Option<Report>,
+    send_stall_timeout: Option<Duration>,
+    stalled_streams: Rc<Cell<u32>>,
+}
 
 /// The shared response state of a streamed response and the handler's sink.
 fn sink<Resp: prost::Message>(
@@ -279,7 +423,13 @@ fn sink<Resp: prost::Message>(
     );
     let state = Rc::new(RefCell::new(state));
     let sink = ResponseSink::new(state.clone());
-    (state, (response.timeout, response.report), sink)
+    let limits = StreamedLimits {
+        timeout: response.timeout,
+        report: response.report,
+        send_stall_timeout: response.send_stall_timeout,
+        stalled_streams: response.stalled_streams,
+    };
+    (state, limits, sink)
 }
 
 macro_rules! method_struct {

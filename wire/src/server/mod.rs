@@ -27,15 +27,20 @@
 //!     .unwrap();
 //! ```
 
+mod admission;
 mod conn;
 mod dispatch;
 mod drive;
+mod guard;
+
+pub use admission::{ConnectionPermit, Refusal, SourceIpConnections};
 
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::{Either, select};
 
@@ -208,8 +213,32 @@ pub(crate) fn service_of(path: &str) -> Option<&str> {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Connections served at once by one [`Server::serve`]; further ones
-    /// wait in the kernel's accept backlog. Default 10,000.
+    /// wait in the kernel's accept backlog (and [`Server::admit`] refuses
+    /// them). Default 10,000.
     pub max_connections: usize,
+    /// Connections one source IP address may hold open at once, counted
+    /// in `source_ip_connections` (process-wide when every shard's config
+    /// shares that table); beyond it a new connection is closed at once.
+    /// `None` disables the cap. Default 4,096.
+    pub max_connections_per_ip: Option<u32>,
+    /// The table `max_connections_per_ip` counts in. Clones share it: clone
+    /// one config (or this table) into every shard. Default: a new table.
+    pub source_ip_connections: SourceIpConnections,
+    /// Longest a request header block may take from its first byte to
+    /// END_HEADERS (slowloris defence: trickled bytes do not reset it);
+    /// beyond it the connection gets GOAWAY ENHANCE_YOUR_CALM and is
+    /// closed. Default 10 s.
+    pub request_header_timeout: Duration,
+    /// Frames that carry no request data (empty DATA without END_STREAM,
+    /// PING, SETTINGS, PRIORITY) a connection may send per second; beyond
+    /// it the connection gets GOAWAY ENHANCE_YOUR_CALM and is closed.
+    /// Default 1,000.
+    pub max_noop_frames_per_second: u32,
+    /// A streamed response waiting this long for flow-control capacity
+    /// (a client that stopped reading) has its stream reset; a connection
+    /// left with only such streams is closed. `None` waits forever.
+    /// Default 60 s.
+    pub send_stall_timeout: Option<Duration>,
     /// SETTINGS_MAX_CONCURRENT_STREAMS advertised per connection; also the
     /// bound on calls in flight per connection. Each call may hold one
     /// message being reassembled (up to `max_message_bytes`), so a
@@ -264,6 +293,11 @@ impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
             max_connections: 10_000,
+            max_connections_per_ip: Some(4096),
+            source_ip_connections: SourceIpConnections::new(),
+            request_header_timeout: Duration::from_secs(10),
+            max_noop_frames_per_second: 1000,
+            send_stall_timeout: Some(Duration::from_secs(60)),
             max_concurrent_streams: 256,
             max_header_list_size_bytes: 16 * 1024,
             max_message_bytes: MESSAGE_BYTES_MAX_DEFAULT,
@@ -331,6 +365,21 @@ impl ServerConfig {
         if self.max_connections == 0 {
             return invalid("max_connections", "must be positive");
         }
+        if self.max_connections_per_ip == Some(0) {
+            return invalid(
+                "max_connections_per_ip",
+                "must be positive (None disables it)",
+            );
+        }
+        if self.request_header_timeout.is_zero() {
+            return invalid("request_header_timeout", "must be positive");
+        }
+        if self.max_noop_frames_per_second == 0 {
+            return invalid("max_noop_frames_per_second", "must be positive");
+        }
+        if self.send_stall_timeout.is_some_and(|stall| stall.is_zero()) {
+            return invalid("send_stall_timeout", "must be positive (None disables it)");
+        }
         if self.max_concurrent_streams == 0 {
             return invalid("max_concurrent_streams", "must be positive");
         }
@@ -381,7 +430,40 @@ pub(crate) struct ServerShared {
     pub(crate) connections_active: Cell<usize>,
     /// Notified whenever a connection ends.
     pub(crate) connection_closed: Event,
+    /// Connections refused by [`Server::admit`], per cap.
+    pub(crate) refused_total_cap: Cell<u64>,
+    pub(crate) refused_source_ip_cap: Cell<u64>,
+    /// Connections cut off for abuse (floods, stalls, slow headers).
+    pub(crate) connections_cut: Cell<u64>,
+    /// When a refusal or cut-off was last logged at warn level.
+    pub(crate) abuse_logged_at: Cell<Option<Instant>>,
     pub(crate) observer: Option<Rc<dyn CallObserver>>,
+}
+
+/// Least time between two warn-level lines about refused or cut-off
+/// connections: an attack shows in the log without flooding it.
+const ABUSE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+impl ServerShared {
+    /// Logs the refusal and cut-off counts at warn level, at most once per
+    /// [`ABUSE_LOG_INTERVAL`].
+    pub(crate) fn log_abuse_counts(&self) {
+        let now = Instant::now();
+        let due = self
+            .abuse_logged_at
+            .get()
+            .is_none_or(|at| now.duration_since(at) >= ABUSE_LOG_INTERVAL);
+        if !due {
+            return;
+        }
+        self.abuse_logged_at.set(Some(now));
+        tracing::warn!(
+            refused_total_cap = self.refused_total_cap.get(),
+            refused_source_ip_cap = self.refused_source_ip_cap.get(),
+            cut_for_abuse = self.connections_cut.get(),
+            "connections refused over the caps or cut off for HTTP/2 abuse (totals since start)"
+        );
+    }
 }
 
 /// Receives the outcome of every gRPC call a [`Server`] answers, including
@@ -453,6 +535,10 @@ impl Server {
                 drain: Rc::new(Event::new()),
                 connections_active: Cell::new(0),
                 connection_closed: Event::new(),
+                refused_total_cap: Cell::new(0),
+                refused_source_ip_cap: Cell::new(0),
+                connections_cut: Cell::new(0),
+                abuse_logged_at: Cell::new(None),
                 observer,
             }),
         }
@@ -460,6 +546,9 @@ impl Server {
 
     /// Serves one accepted connection until it closes or the server drains.
     /// `connection` describes the peer to every call's [`CallContext`].
+    /// The connection counts as active but is not checked against the caps:
+    /// use [`admit`](Self::admit) and [`serve_admitted`](Self::serve_admitted)
+    /// for that.
     pub async fn serve_connection<IO>(
         &self,
         io: IO,
@@ -468,12 +557,56 @@ impl Server {
     where
         IO: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
     {
-        conn::serve_connection(self.shared.clone(), io, connection).await
+        let permit = ConnectionPermit::unchecked(self.shared.clone());
+        conn::serve_connection(self.shared.clone(), io, connection, permit).await
     }
 
-    /// Accept loop on `listener`: spawns [`serve_connection`](Self::serve_connection)
+    /// Admission of a new connection from `peer` against `max_connections`
+    /// and `max_connections_per_ip`: a permit to hold for the connection's
+    /// lifetime, or `None` when the connection must be closed at once
+    /// (counted in [`refused_connections`](Self::refused_connections)).
+    /// Call it right after accept, before any handshake (TLS included).
+    pub fn admit(&self, peer: Option<SocketAddr>) -> Option<ConnectionPermit> {
+        match ConnectionPermit::admit(&self.shared, peer) {
+            Ok(permit) => Some(permit),
+            Err(refusal) => {
+                let counter = match refusal {
+                    Refusal::TotalCap => &self.shared.refused_total_cap,
+                    Refusal::SourceIpCap => &self.shared.refused_source_ip_cap,
+                };
+                counter.set(counter.get() + 1);
+                tracing::debug!(?peer, ?refusal, "connection refused");
+                self.shared.log_abuse_counts();
+                None
+            }
+        }
+    }
+
+    /// [`serve_connection`](Self::serve_connection) for a connection that
+    /// [`admit`](Self::admit) let in; `permit` is released when it closes.
+    ///
+    /// Panics if `permit` came from another server.
+    pub async fn serve_admitted<IO>(
+        &self,
+        io: IO,
+        connection: ConnectionInfo,
+        permit: ConnectionPermit,
+    ) -> Result<(), WireError>
+    where
+        IO: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
+    {
+        assert!(
+            permit.is_for(&self.shared),
+            "permit belongs to another server"
+        );
+        conn::serve_connection(self.shared.clone(), io, connection, permit).await
+    }
+
+    /// Accept loop on `listener`: spawns [`serve_admitted`](Self::serve_admitted)
     /// per connection on the current executor, at most
-    /// `config.max_connections` at once. Returns once the server drains.
+    /// `config.max_connections` at once (further ones wait in the backlog);
+    /// connections over `max_connections_per_ip` are closed at once.
+    /// Returns once the server drains.
     pub async fn serve(&self, listener: glommio::net::TcpListener) -> Result<(), WireError> {
         self.accept_loop(listener, |stream| self.spawn_connection(stream))
             .await
@@ -527,15 +660,19 @@ impl Server {
     }
 
     fn spawn_connection(&self, stream: glommio::net::TcpStream) {
+        let peer = stream.peer_addr().ok();
+        // Refused: dropping the stream closes it before any HTTP/2 work.
+        let Some(permit) = self.admit(peer) else {
+            return;
+        };
         // Small responses must not wait for Nagle.
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "set_nodelay failed");
         }
-        let peer = stream.peer_addr().ok();
         let server = self.clone();
         glommio::spawn_local(async move {
             let connection = ConnectionInfo::plaintext(peer);
-            if let Err(error) = server.serve_connection(stream, connection).await {
+            if let Err(error) = server.serve_admitted(stream, connection, permit).await {
                 tracing::debug!(?peer, %error, "connection ended with an error");
             }
         })
@@ -547,13 +684,18 @@ impl Server {
         stream: glommio::net::TcpStream,
         acceptor: futures_rustls::TlsAcceptor,
     ) {
+        let peer = stream.peer_addr().ok();
+        // Refused before the TLS handshake: no crypto work for it.
+        let Some(permit) = self.admit(peer) else {
+            return;
+        };
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "set_nodelay failed");
         }
-        let peer = stream.peer_addr().ok();
         let shared = self.shared.clone();
         glommio::spawn_local(async move {
-            if let Err(error) = conn::serve_tls_connection(shared, stream, acceptor, peer).await {
+            let served = conn::serve_tls_connection(shared, stream, acceptor, peer, permit);
+            if let Err(error) = served.await {
                 tracing::debug!(?peer, %error, "tls connection ended with an error");
             }
         })
@@ -581,6 +723,22 @@ impl Server {
     /// Connections being served right now.
     pub fn active_connections(&self) -> usize {
         self.shared.connections_active.get()
+    }
+
+    /// Connections refused so far by [`admit`](Self::admit), as
+    /// (over `max_connections`, over `max_connections_per_ip`).
+    pub fn refused_connections(&self) -> (u64, u64) {
+        (
+            self.shared.refused_total_cap.get(),
+            self.shared.refused_source_ip_cap.get(),
+        )
+    }
+
+    /// Connections cut off so far (GOAWAY ENHANCE_YOUR_CALM) for a frame
+    /// flood, an unfinished header block or streams stalled on a client
+    /// that does not read.
+    pub fn connections_cut(&self) -> u64 {
+        self.shared.connections_cut.get()
     }
 
     /// The router's service names (see [`Router::service_names`]).
@@ -634,6 +792,34 @@ mod tests {
                 other => panic!("{name}: unexpected {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn admit_enforces_both_caps_and_counts_refusals() {
+        let table = SourceIpConnections::new();
+        let config = ServerConfig {
+            max_connections: 3,
+            max_connections_per_ip: Some(2),
+            source_ip_connections: table.clone(),
+            ..ServerConfig::default()
+        };
+        let server = Server::new(Router::new(), config);
+        let a: SocketAddr = "10.0.0.1:1000".parse().expect("addr");
+        let b: SocketAddr = "10.0.0.2:1000".parse().expect("addr");
+        let a1 = server.admit(Some(a)).expect("first from a");
+        let a2 = server.admit(Some(a)).expect("second from a");
+        assert!(server.admit(Some(a)).is_none(), "third from a: per-IP cap");
+        let b1 = server.admit(Some(b)).expect("first from b");
+        assert!(server.admit(Some(b)).is_none(), "total cap");
+        assert!(server.admit(None).is_none(), "total cap, unknown peer");
+        assert_eq!(server.active_connections(), 3);
+        assert_eq!(server.refused_connections(), (2, 1));
+        drop((a1, b1));
+        assert_eq!(table.connections(a.ip()), 1);
+        assert_eq!(table.connections(b.ip()), 0);
+        let _a3 = server.admit(Some(a)).expect("a slot was freed");
+        drop(a2);
+        assert_eq!(server.active_connections(), 1);
     }
 
     #[test]

@@ -53,6 +53,11 @@ impl TestServer {
     /// Starts TestService + health + reflection (+ the health control
     /// method) on a free port with the default `ServerConfig`.
     pub fn start() -> TestServer {
+        TestServer::start_with(config())
+    }
+
+    /// [`start`](Self::start) with `config` instead of the default one.
+    pub fn start_with(config: ServerConfig) -> TestServer {
         let (port_tx, port_rx) = std::sync::mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = Arc::clone(&stop);
@@ -62,7 +67,7 @@ impl TestServer {
                 let listener =
                     glommio::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
                 let port = listener.local_addr().expect("listener address").port();
-                let server = Server::new(router(), config());
+                let server = Server::new(router(), config);
                 let stopper = {
                     let server = server.clone();
                     glommio::spawn_local(async move {
@@ -104,7 +109,8 @@ impl Drop for TestServer {
     }
 }
 
-fn config() -> ServerConfig {
+/// The test servers' default configuration (a short drain grace).
+pub fn config() -> ServerConfig {
     ServerConfig {
         drain_grace: DRAIN_GRACE,
         ..ServerConfig::default()
