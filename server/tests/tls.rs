@@ -1,7 +1,8 @@
 //! The `shardlog` binary's `[tls]` listener with certificates made at test
 //! time: the Log service over TLS and mTLS (valid, missing, revoked client
 //! certificates), SIGHUP reload (open connections stay, new handshakes see
-//! the new certificate, a broken reload changes nothing), clear startup
+//! the new certificate, a broken reload changes nothing), the client
+//! certificate's principal judged by the ACLs, clear startup
 //! errors, and stock grpcio / grpc-js clients with their own TLS stacks.
 
 mod common;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Log, TestServer, block_on};
+use shardlog_wire::Code;
 use shardlog_wire::client::{Channel, Client, ClientConfig, GlommioRuntime};
 use shardlog_wire::tls::ClientTls;
 use tls_support::{Ca, Leaf, client_config, server_name, write};
@@ -149,6 +151,67 @@ fn mtls_serves_the_log_service_and_refuses_missing_and_revoked_certificates() {
         // The plaintext listener still serves next to the TLS one.
         let log = Log::connect(plaintext).await;
         assert!(log.describe("over-mtls").await.is_ok());
+    });
+    drop(server);
+}
+
+#[test]
+fn client_certificate_principal_is_what_the_acls_judge() {
+    let pki = Pki::new("optional");
+    let acl = "\n[auth]\nenabled = true\n\n[[acl]]\nprincipal = \"producer.example\"\n\
+               operations = [\"all\"]\ntopic_prefix = \"prod.\"\n\n[[acl]]\n\
+               principal = \"reader\"\noperations = [\"describe\"]\ntopic_prefix = \"prod.\"\n";
+    let mut config = std::fs::read_to_string(&pki.config_path).expect("read config");
+    config.push_str(acl);
+    std::fs::write(&pki.config_path, config).expect("write config");
+    // The SAN names the producer; the reader has only a common name.
+    let producer = pki.ca.client(Some("producer.example"), "producer");
+    let reader = pki.ca.client(None, "reader");
+    let (server, addr) = pki.start_server();
+    let ca_pem = pki.ca.cert_pem.clone();
+    let plaintext = server.addr;
+    block_on(move || async move {
+        let as_producer = connect(addr, client_config(&ca_pem, Some(&producer), H2))
+            .await
+            .expect("producer connects");
+        as_producer
+            .create_topic("prod.orders", 1)
+            .await
+            .expect("the producer may create under prod.");
+        let refused = as_producer.create_topic("other.orders", 1).await;
+        assert_eq!(
+            refused.expect_err("outside its prefix").code(),
+            Code::PERMISSION_DENIED
+        );
+
+        let as_reader = connect(addr, client_config(&ca_pem, Some(&reader), H2))
+            .await
+            .expect("reader connects");
+        let described = as_reader.describe("prod.orders").await;
+        assert_eq!(
+            described.expect("the reader may describe").partitions.len(),
+            1
+        );
+        let refused = as_reader.create_topic("prod.more", 1).await;
+        assert_eq!(
+            refused.expect_err("describe only").code(),
+            Code::PERMISSION_DENIED
+        );
+
+        // Without a certificate or a token there is no principal at all.
+        let anonymous = connect(addr, client_config(&ca_pem, None, H2))
+            .await
+            .expect("optional client auth admits the handshake");
+        let refused = anonymous.describe("prod.orders").await;
+        assert_eq!(
+            refused.expect_err("no principal").code(),
+            Code::UNAUTHENTICATED
+        );
+        let refused = Log::connect(plaintext).await.describe("prod.orders").await;
+        assert_eq!(
+            refused.expect_err("plaintext, no token").code(),
+            Code::UNAUTHENTICATED
+        );
     });
     drop(server);
 }
