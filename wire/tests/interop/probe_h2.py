@@ -108,7 +108,11 @@ class Conn:
                 self.closed = True
                 continue
             self.handle(events)
-            self.flush()
+            try:
+                self.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                # The server closed while our acknowledgements were in flight.
+                self.closed = True
         return True
 
     def handle(self, events):
