@@ -103,16 +103,16 @@ pub fn run_load(
 }
 
 /// Shared state of one run (lives on the executor).
-struct Run {
-    config: LoadConfig,
+pub(super) struct Run {
+    pub(super) config: LoadConfig,
     channels: Vec<Channel>,
-    recorder: RefCell<Recorder>,
-    acks: RefCell<AckLog>,
+    pub(super) recorder: RefCell<Recorder>,
+    pub(super) acks: RefCell<AckLog>,
     inflight: Cell<u32>,
     measure_from: Instant,
-    measure_until: Instant,
-    payload: Bytes,
-    progress: ProgressBar,
+    pub(super) measure_until: Instant,
+    pub(super) payload: Bytes,
+    pub(super) progress: ProgressBar,
     /// Whether produce replies are the measured calls (not for Subscribe,
     /// which measures deliveries).
     record_produce: bool,
@@ -121,7 +121,8 @@ struct Run {
 }
 
 impl Run {
-    fn measured(&self, at: Instant) -> bool {
+    /// Whether a request due at `at` falls in the measured window.
+    pub(super) fn measured(&self, at: Instant) -> bool {
         at >= self.measure_from && at < self.measure_until
     }
 
@@ -141,6 +142,7 @@ impl Run {
             Ok(response) => {
                 let ack = Ack {
                     request_id: request.request_id,
+                    first_index: 0,
                     partition: response.partition,
                     base_offset: response.base_offset,
                     record_count: response.record_count,
@@ -264,6 +266,7 @@ async fn drive(run: &Rc<Run>, start: Instant) -> Verification {
             .await;
             verify_acks(run).await
         }
+        Shape::Producer => super::producer::run_producer(run, start).await,
         Shape::Append => run_append(run, start).await,
         Shape::Fetch => run_fetch(run, start).await,
         Shape::Subscribe => run_subscribe(run, start).await,
@@ -773,7 +776,8 @@ async fn check_end_offsets(
     }
 }
 
-async fn verify_acks(run: &Rc<Run>) -> Verification {
+/// Verifies the acks collected so far against the server (see `verify`).
+pub(super) async fn verify_acks(run: &Rc<Run>) -> Verification {
     // A snapshot: late replies may still arrive while verification awaits.
     let snapshot = {
         let acks = run.acks.borrow();

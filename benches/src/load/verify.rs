@@ -51,6 +51,9 @@ pub fn decode_key(key: &[u8]) -> Option<(u64, u32)> {
 pub struct Ack {
     /// Generator's id of the request.
     pub request_id: u64,
+    /// Key index of the first record (0 for a request's batch; the producer shape merges
+    /// consecutive single-record acks into one range starting at any index).
+    pub first_index: u32,
     /// Partition the server says it wrote.
     pub partition: u32,
     /// First offset.
@@ -212,7 +215,10 @@ async fn read_partition(
                 ack_index += 1;
             }
             let ack = acks[ack_index];
-            let expected = (ack.request_id, (offset - ack.base_offset) as u32);
+            let index = ack
+                .first_index
+                .wrapping_add((offset - ack.base_offset) as u32);
+            let expected = (ack.request_id, index);
             let found = record.key.as_deref().and_then(decode_key);
             if found != Some(expected) {
                 return Err(format!(
@@ -260,6 +266,7 @@ mod tests {
     fn ack(request_id: u64, base_offset: u64, record_count: u32) -> Ack {
         Ack {
             request_id,
+            first_index: 0,
             partition: 0,
             base_offset,
             record_count,
