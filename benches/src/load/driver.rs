@@ -159,10 +159,12 @@ impl Run {
                     self.progress.inc(1);
                 }
             }
-            Err(status) if measured && self.record_produce => {
-                self.recorder.borrow_mut().error(code_name(&status))
+            Err(status) => {
+                self.acks.borrow_mut().ambiguous_records += u64::from(request.record_count);
+                if measured && self.record_produce {
+                    self.recorder.borrow_mut().error(code_name(&status));
+                }
             }
-            Err(_) => {}
         }
     }
 }
@@ -785,6 +787,7 @@ pub(super) async fn verify_acks(run: &Rc<Run>) -> Verification {
             start_offsets: acks.start_offsets.clone(),
             acks: acks.acks.clone(),
             count_mismatches: acks.count_mismatches,
+            ambiguous_records: acks.ambiguous_records,
         }
     };
     verify::verify(

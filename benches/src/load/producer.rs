@@ -235,8 +235,12 @@ async fn collect(run: &Run, partition: u32, deliveries: LocalReceiver<Sent>) {
                     run.progress.inc(1);
                 }
             }
-            Err(error) if measured => run.recorder.borrow_mut().error(error_name(&error)),
-            Err(_) => {}
+            Err(error) => {
+                run.acks.borrow_mut().ambiguous_records += 1;
+                if measured {
+                    run.recorder.borrow_mut().error(error_name(&error));
+                }
+            }
         }
     }
     if let Some(last) = range {
