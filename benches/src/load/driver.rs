@@ -24,7 +24,7 @@ use shardlog_wire::proto::shardlog::v1::{
 use shardlog_wire::{Code, Status};
 
 use super::config::{AckMode, LoadConfig, Shape};
-use super::schedule::{Arrivals, PartitionPicker};
+use super::schedule::{Arrivals, PartitionPicker, SCHEDULE_SLACK};
 use super::stats::{Recorder, RunReport, Verification};
 use super::verify::{self, Ack, AckLog, FETCH_PATH, decode_key, encode_key, payload};
 
@@ -384,15 +384,17 @@ where
             break;
         }
         let now = Instant::now();
-        if due > now {
+        if due > now + SCHEDULE_SLACK {
             glommio::timer::sleep(due - now).await;
         }
+        let sent = Instant::now();
         let pending = Pending {
             request_id,
             partition: picker.pick(),
             record_count: config.batch_records,
-            due,
-            sent: Instant::now(),
+            // Sent early (within the slack): latency runs from the send.
+            due: due.min(sent),
+            sent,
         };
         request_id += 1;
         if run.inflight.get() >= inflight_max {

@@ -25,7 +25,7 @@ use shardlog_wire::proto::shardlog::v1::AckLevel;
 
 use super::config::AckMode;
 use super::driver::{Run, verify_acks};
-use super::schedule::{Arrivals, PartitionPicker};
+use super::schedule::{Arrivals, PartitionPicker, SCHEDULE_SLACK};
 use super::stats::Verification;
 use super::verify::{Ack, RECORD_KEY_BYTES, encode_key};
 
@@ -33,12 +33,6 @@ use super::verify::{Ack, RECORD_KEY_BYTES, encode_key};
 /// when it looked (acks of one batch resolve together; this bounds how stale a reused
 /// timestamp can be while the collector works through a backlog).
 const CLOCK_REUSE_ACKS_MAX: u32 = 64;
-/// A record due less than this far ahead is sent at once instead of after a timer sleep: one
-/// glommio timer is an io_uring submission and cancellation, which at hundreds of thousands of
-/// records per second (a few microseconds apart) was the generator's largest cost. Latency is
-/// then measured from the earlier of the due and the send time, so sending early never
-/// shortens it.
-const SCHEDULE_SLACK: Duration = Duration::from_micros(200);
 /// Keys carved from one allocation (12 bytes each): one allocation per 4096 records.
 const KEY_ARENA_KEYS: usize = 4096;
 /// Bytes the producer may buffer (its record bound is `--inflight-max`).
