@@ -18,7 +18,7 @@ use shardlog_wire::proto::shardlog::v1::{
     ProduceResponse, Record, TopicDescription,
 };
 use shardlog_wire::server::{Router, Server, ServerConfig};
-use shardlog_wire::{Request, Response, Status};
+use shardlog_wire::{Request, Response, ResponseSink, Status, Streaming};
 
 /// How long a fake server lives at most (the test process ends first).
 const FAKE_SERVER_LIFETIME: Duration = Duration::from_secs(120);
@@ -31,6 +31,8 @@ enum Fault {
     LieAboutOffsets,
     /// Acks every other batch without storing it.
     DropRecords,
+    /// Stores every third batch but answers DEADLINE_EXCEEDED (an ambiguous failure).
+    StoreThenFail,
 }
 
 #[derive(Default)]
@@ -103,6 +105,12 @@ fn produce(
     if fault == Fault::LieAboutOffsets {
         base_offset = 0;
     }
+    if fault == Fault::StoreThenFail && log.produced % 3 == 0 {
+        return Err(Status::new(
+            shardlog_wire::Code::DEADLINE_EXCEEDED,
+            "stored, but the reply came too late",
+        ));
+    }
     Ok(ProduceResponse {
         partition,
         base_offset,
@@ -150,7 +158,8 @@ fn fetch(state: &Shared, request: FetchRequest) -> Result<FetchResponse, Status>
 fn router(fault: Fault) -> Router {
     let state: Shared = Rc::default();
     let mut router = Router::new();
-    let (s1, s2, s3, s4) = (state.clone(), state.clone(), state.clone(), state);
+    let (s1, s2, s3, s4) = (state.clone(), state.clone(), state.clone(), state.clone());
+    let s5 = state;
     router
         .unary(
             "/shardlog.v1.Log/CreateTopic",
@@ -176,7 +185,22 @@ fn router(fault: Fault) -> Router {
         .unary("/shardlog.v1.Log/Fetch", move |r: Request<FetchRequest>| {
             let reply = fetch(&s4, r.into_inner());
             async move { reply.map(Response::new) }
-        });
+        })
+        .bidi_streaming(
+            "/shardlog.v1.Log/ProduceStream",
+            move |r: Request<Streaming<ProduceRequest>>,
+                  mut sink: ResponseSink<ProduceResponse>| {
+                let state = s5.clone();
+                async move {
+                    let mut requests = r.into_inner();
+                    while let Some(request) = requests.message().await? {
+                        let reply = produce(&state, fault, request)?;
+                        sink.send(reply).await?;
+                    }
+                    Ok(())
+                }
+            },
+        );
     router
 }
 
@@ -217,6 +241,7 @@ fn config(target: String, shape: Shape) -> LoadConfig {
         ack: shardlog_benches::load::AckMode::Durable,
         closed_loop: None,
         subscribers: 1,
+        linger_ms: 2.0,
         read_back: true,
         inflight_max: 1000,
         timeout_ms: 10_000,
@@ -269,4 +294,42 @@ fn dropped_records_are_caught() {
     let report = run(&config(target, Shape::Produce));
     assert!(!report.is_clean());
     assert!(!report.verification.problems.is_empty());
+}
+
+#[test]
+fn honest_server_passes_the_client_producer_shape_with_read_back() {
+    let target = start_fake(Fault::None);
+    let mut producer = config(target, Shape::Producer);
+    producer.rate = 3000.0;
+    let report = run(&producer);
+    assert!(report.is_clean(), "{}", report.summary());
+    assert!(report.ok_requests > 0);
+    assert_eq!(report.verification.partitions_ok, 3);
+    assert_eq!(
+        report.verification.read_back_records,
+        report.verification.acked_records
+    );
+}
+
+#[test]
+fn dropped_records_are_caught_in_the_client_producer_shape() {
+    let target = start_fake(Fault::DropRecords);
+    let mut producer = config(target, Shape::Producer);
+    producer.rate = 3000.0;
+    let report = run(&producer);
+    assert!(!report.is_clean());
+    assert!(!report.verification.problems.is_empty());
+}
+
+#[test]
+fn records_stored_by_failed_requests_are_counted_not_flagged() {
+    let target = start_fake(Fault::StoreThenFail);
+    let report = run(&config(target, Shape::Produce));
+    assert!(
+        report.verification.problems.is_empty(),
+        "{}",
+        report.summary()
+    );
+    assert!(report.verification.unacked_stored_records > 0);
+    assert_eq!(report.verification.partitions_ok, 3);
 }

@@ -11,7 +11,7 @@ use std::rc::Rc;
 
 use crate::error::{EngineError, Result};
 use crate::notify::Notify;
-use crate::partition::Partition;
+use crate::partition::{Partition, ZeroFillBudget, ZeroFillStats};
 use crate::storage::{DmaStorage, Storage};
 use crate::types::{PartitionConfig, PartitionId};
 use crate::validate_topic_name;
@@ -23,6 +23,8 @@ pub const TOPICS_DIR: &str = "topics";
 pub struct Shard<S: Storage = DmaStorage> {
     data_dir: PathBuf,
     storage: Rc<S>,
+    /// Bounds the background zero-fill of all this shard's partitions together.
+    zero_fill: Rc<ZeroFillBudget>,
     partitions: RefCell<BTreeMap<PartitionId, Rc<Partition<S>>>>,
     opening: RefCell<BTreeSet<PartitionId>>,
     opened: Notify,
@@ -35,6 +37,7 @@ impl<S: Storage> Shard<S> {
         Shard {
             data_dir,
             storage: Rc::new(storage),
+            zero_fill: Rc::default(),
             partitions: RefCell::default(),
             opening: RefCell::default(),
             opened: Notify::default(),
@@ -50,6 +53,12 @@ impl<S: Storage> Shard<S> {
     /// The storage backend.
     pub fn storage(&self) -> &S {
         &self.storage
+    }
+
+    /// Counters of the shard's background zero-fill (bounded by
+    /// [`crate::ZERO_FILLS_PER_SHARD_MAX`] fills at once).
+    pub fn zero_fill_stats(&self) -> ZeroFillStats {
+        self.zero_fill.stats()
     }
 
     /// Directory of a partition.
@@ -85,7 +94,15 @@ impl<S: Storage> Shard<S> {
         }
         self.opening.borrow_mut().insert(id.clone());
         let dir = self.partition_dir(&id);
-        let opened = Partition::open(id.clone(), dir, config, self.storage.clone(), create).await;
+        let opened = Partition::open(
+            id.clone(),
+            dir,
+            config,
+            self.storage.clone(),
+            self.zero_fill.clone(),
+            create,
+        )
+        .await;
         self.opening.borrow_mut().remove(&id);
         if let Ok(p) = &opened {
             self.partitions.borrow_mut().insert(id, p.clone());

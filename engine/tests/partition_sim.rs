@@ -773,3 +773,88 @@ fn concurrent_appends_keep_call_order_when_some_must_wait() {
         }
     });
 }
+
+/// A batch of `n` records with 1,000-byte values (about 1 KiB each on disk).
+fn kib_batch(prefix: &str, n: usize) -> AppendBatch {
+    AppendBatch {
+        records: (0..n)
+            .map(|i| shardlog_engine::Record {
+                key: Some(Bytes::from(format!("{prefix}-{i}"))),
+                value: Bytes::from(vec![b'z'; 1000]),
+                timestamp_ms: 1,
+                headers: Vec::new(),
+            })
+            .collect(),
+        producer: None,
+    }
+}
+
+/// Waits (bounded) until the shard has no zero-fill in flight.
+async fn zero_fills_settled(s: &Shard<SimStorage>) {
+    for _ in 0..1000 {
+        if s.zero_fill_stats().in_flight == 0 {
+            return;
+        }
+        glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    panic!("zero-fills never settled: {:?}", s.zero_fill_stats());
+}
+
+#[test]
+fn background_zero_fill_is_bounded_per_shard_and_skips_cold_partitions() {
+    run(|| async {
+        const PARTITIONS: u32 = 8;
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let config = PartitionConfig {
+            segment_bytes_max: 4 << 20,
+            ..PartitionConfig::default()
+        };
+        let mut parts = Vec::new();
+        for i in 0..PARTITIONS {
+            let id = PartitionId::new("hot", i);
+            parts.push(s.open_partition(id, config.clone(), true).await.unwrap());
+        }
+        // ~100 KiB each: well inside the zero-filled start of a new segment, so no partition
+        // asks for a background fill yet (cold partitions never zero-fill).
+        for p in &parts {
+            p.append(kib_batch("cold", 100), AckLevel::Durable)
+                .await
+                .unwrap();
+        }
+        assert_eq!(s.zero_fill_stats().started, 0, "{:?}", s.zero_fill_stats());
+        // Every partition crosses the low-water mark in the same instant: only the shard's
+        // budget of fills may start; the rest skip.
+        let tasks: Vec<_> = parts
+            .iter()
+            .map(|p| {
+                let p = p.clone();
+                glommio::spawn_local(async move {
+                    p.append(kib_batch("warm", 40), AckLevel::Durable).await
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        zero_fills_settled(&s).await;
+        let max = shardlog_engine::ZERO_FILLS_PER_SHARD_MAX;
+        let stats = s.zero_fill_stats();
+        assert_eq!(stats.started, max as u64, "{stats:?}");
+        assert_eq!(stats.in_flight_peak, max, "{stats:?}");
+        assert_eq!(stats.skipped_busy, u64::from(PARTITIONS) - max as u64);
+        // The skipped ones ask again on their next append and get their fill.
+        for p in &parts {
+            p.append(kib_batch("again", 1), AckLevel::Durable)
+                .await
+                .unwrap();
+            zero_fills_settled(&s).await;
+        }
+        let stats = s.zero_fill_stats();
+        assert_eq!(stats.started, u64::from(PARTITIONS), "{stats:?}");
+        assert!(stats.in_flight_peak <= max, "{stats:?}");
+        for p in &parts {
+            assert_eq!(p.offsets().durable, 141);
+        }
+    });
+}

@@ -68,12 +68,20 @@ struct Args {
     /// Only scenarios whose name contains this.
     #[arg(long)]
     only: Option<String>,
+    /// Measured seconds of the overload scenario (default: 10x --duration-s).
+    #[arg(long)]
+    overload_s: Option<f64>,
+    /// Offered single-record produce rate of the overload scenario (req/s).
+    #[arg(long, default_value_t = 40_000.0)]
+    overload_rate: f64,
 }
 
 /// A server under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Server {
     Shardlog,
+    /// shardlog with `[storage] prezero_segments = false` (pre-zeroing's side-by-side control).
+    ShardlogPrezeroOff,
     Peer,
 }
 
@@ -81,6 +89,7 @@ impl Server {
     fn name(self) -> &'static str {
         match self {
             Server::Shardlog => "shardlog",
+            Server::ShardlogPrezeroOff => "shardlog, prezero off",
             Server::Peer => "tonic peer",
         }
     }
@@ -105,6 +114,8 @@ struct Scenario {
     name: &'static str,
     what: &'static str,
     peer: bool,
+    /// Also run shardlog with pre-zeroing off, interleaved (its control).
+    prezero_off: bool,
     grpc_testing: bool,
     steps: Vec<Step>,
 }
@@ -126,6 +137,7 @@ fn scenarios(smoke: bool) -> Vec<Scenario> {
             name: "batched-closed",
             what: "durable batched produce, 1000 x 100 B per batch, 1 producer closed loop, 1 partition",
             peer: true,
+            prezero_off: false,
             grpc_testing: false,
             steps: vec![Step::Fixed(with(&batched, &["--closed-loop", "1"]))],
         },
@@ -133,6 +145,7 @@ fn scenarios(smoke: bool) -> Vec<Scenario> {
             name: "batched-sweep",
             what: "durable batched produce, 1000 x 100 B, open-loop rate sweep (p99 <= 50 ms), 4 connections",
             peer: true,
+            prezero_off: false,
             grpc_testing: false,
             steps: vec![Step::Sweep(
                 with(
@@ -146,6 +159,7 @@ fn scenarios(smoke: bool) -> Vec<Scenario> {
             name: "single-unary",
             what: "single-record unary durable produce: sweep (p99 <= 50 ms), then 80% and 50% of that max",
             peer: true,
+            prezero_off: false,
             grpc_testing: false,
             steps: vec![
                 Step::Sweep(
@@ -159,6 +173,33 @@ fn scenarios(smoke: bool) -> Vec<Scenario> {
                 Step::AtFraction(with(&single, &["--connections", "4"]), 0.5, "50% of max"),
             ],
         },
+        Scenario {
+            name: "producer-client",
+            what: "the client library's Producer (batching, idempotent, pipelined over ProduceStream): \
+                   single 100 B records handed to one producer on 1 connection, batches of up to 1000 \
+                   records or 1 ms linger, 1 partition, durable; open-loop rate sweep in records/s \
+                   (p99 send-to-ack <= 50 ms like the other sweeps; the client target is 5 ms) from 100,000 records/s",
+            peer: true,
+            prezero_off: false,
+            grpc_testing: false,
+            steps: vec![Step::Sweep(
+                args(&[
+                    "--shape",
+                    "producer",
+                    "--batch-records",
+                    "1000",
+                    "--record-bytes",
+                    "100",
+                    "--linger-ms",
+                    "1",
+                    "--rate",
+                    "100000",
+                    "--sweep-steps",
+                    "3",
+                ]),
+                50.0,
+            )],
+        },
     ];
     if smoke {
         return list;
@@ -168,6 +209,7 @@ fn scenarios(smoke: bool) -> Vec<Scenario> {
             name: "produce-stream",
             what: "ProduceStream pipelined, 100-record batches, 4 streams on 1 connection, 2000 batches/s",
             peer: true,
+            prezero_off: false,
             grpc_testing: false,
             steps: vec![Step::Fixed(args(&[
                 "--shape", "produce-stream", "--batch-records", "100", "--streams", "4", "--rate", "2000",
@@ -177,6 +219,7 @@ fn scenarios(smoke: bool) -> Vec<Scenario> {
             name: "append",
             what: "Append client stream (fire and forget), 100-record batches, 4 streams, 2000 batches/s",
             peer: false,
+            prezero_off: false,
             grpc_testing: false,
             steps: vec![Step::Fixed(args(&[
                 "--shape", "append", "--batch-records", "100", "--streams", "4", "--rate", "2000",
@@ -186,6 +229,7 @@ fn scenarios(smoke: bool) -> Vec<Scenario> {
             name: "subscribe-16",
             what: "Subscribe fan-out: 16 subscribers on 4 partitions, 100-record batches at 500 batches/s",
             peer: false,
+            prezero_off: false,
             grpc_testing: false,
             steps: vec![Step::Fixed(args(&[
                 "--shape", "subscribe", "--subscribers", "16", "--partitions", "4", "--batch-records", "100",
@@ -196,6 +240,7 @@ fn scenarios(smoke: bool) -> Vec<Scenario> {
             name: "fetch",
             what: "unary Fetch of 100 records at random acked offsets, 2000 req/s",
             peer: true,
+            prezero_off: false,
             grpc_testing: false,
             steps: vec![Step::Fixed(args(&[
                 "--shape", "fetch", "--batch-records", "100", "--partitions", "4", "--rate", "2000",
@@ -204,12 +249,14 @@ fn scenarios(smoke: bool) -> Vec<Scenario> {
     ]);
     list.push(Scenario {
         name: "overload-unary",
-        what: "overload: single-record unary produce offered at 40,000 req/s on 16 connections (far above what either \
-               server sustains here), 10x the usual duration; server RSS after warm-up vs at the end, refusals by code",
+        what: "overload: single-record unary produce offered at --overload-rate (default 40,000 req/s) on 16 \
+               connections, far above what either server sustains here, for --overload-s (default 10x the usual \
+               duration); server RSS over the run, refusals by code",
         peer: true,
+        prezero_off: false,
         grpc_testing: false,
         steps: vec![Step::Overload(args(&[
-            "--batch-records", "1", "--connections", "16", "--rate", "40000", "--timeout-ms", "2000",
+            "--batch-records", "1", "--connections", "16", "--timeout-ms", "2000",
         ]))],
     });
     for (name, partitions) in [
@@ -219,8 +266,10 @@ fn scenarios(smoke: bool) -> Vec<Scenario> {
     ] {
         list.push(Scenario {
             name,
-            what: "unary produce of 100-record batches over N partitions (round robin), 2000 batches/s, 4 connections",
+            what: "unary produce of 100-record batches over N partitions (round robin), 2000 batches/s, 4 connections; \
+                   shardlog also with pre-zeroing off",
             peer: true,
+            prezero_off: true,
             grpc_testing: false,
             steps: vec![Step::Fixed(args(&[
                 "--batch-records", "100", "--partitions", partitions, "--rate", "2000", "--connections", "4",
@@ -236,6 +285,7 @@ fn scenarios(smoke: bool) -> Vec<Scenario> {
             name,
             what: "single-record unary produce over N connections, 5000 req/s",
             peer: true,
+            prezero_off: false,
             grpc_testing: false,
             steps: vec![Step::Fixed(args(&[
                 "--batch-records",
@@ -256,6 +306,7 @@ fn floor_scenario() -> Scenario {
         name: "floor-empty-unary",
         what: "loopback HTTP/2 floor: EmptyCall on shardlog-wire, 1 caller closed loop",
         peer: false,
+        prezero_off: false,
         grpc_testing: true,
         steps: vec![Step::Fixed(args(&[
             "--shape",
@@ -279,8 +330,10 @@ struct StepResult {
 }
 
 /// Server RSS over one step, sampled every [`RSS_SAMPLE_INTERVAL`].
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct RssSummary {
+    /// At most [`RSS_SERIES_POINTS`] evenly spaced samples: (seconds into the step, KiB).
+    series: Vec<(f64, u64)>,
     /// RSS when the warm-up ended (first sample at or after it).
     after_warmup_kib: u64,
     /// Largest sample.
@@ -291,6 +344,8 @@ struct RssSummary {
 
 /// Spacing of RSS samples.
 const RSS_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
+/// Samples kept in a step's RSS series (the overload table shows them).
+const RSS_SERIES_POINTS: usize = 11;
 
 /// Resident set size of `pid` in KiB (0 if unreadable).
 fn rss_kib(pid: u32) -> u64 {
@@ -331,7 +386,19 @@ impl RssSampler {
     fn finish(self, warmup: Duration) -> RssSummary {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let samples = self.thread.join().unwrap_or_default();
+        // Evenly spaced indices from the first sample to the last.
+        let last = samples.len().saturating_sub(1);
+        let mut picks: Vec<usize> = (0..RSS_SERIES_POINTS)
+            .map(|i| i * last / (RSS_SERIES_POINTS - 1))
+            .collect();
+        picks.dedup();
+        let series = picks
+            .iter()
+            .filter_map(|&i| samples.get(i))
+            .map(|(t, kib)| (t.as_secs_f64(), *kib))
+            .collect();
         RssSummary {
+            series,
             after_warmup_kib: samples
                 .iter()
                 .find(|(t, _)| *t >= warmup)
@@ -403,6 +470,9 @@ impl Suite {
         }
         let markdown = render(&self.args, &disk, &results, started.elapsed());
         println!("{markdown}");
+        if self.args.smoke {
+            smoke_verdict(&results)?;
+        }
         if let Some(out) = &self.args.out {
             write_section(out, &markdown)?;
             let plots = self
@@ -417,11 +487,14 @@ impl Suite {
     }
 
     fn servers(&self, scenario: &Scenario) -> Vec<Server> {
-        if scenario.peer && self.peer_available {
-            vec![Server::Shardlog, Server::Peer]
-        } else {
-            vec![Server::Shardlog]
+        let mut servers = vec![Server::Shardlog];
+        if scenario.prezero_off {
+            servers.push(Server::ShardlogPrezeroOff);
         }
+        if scenario.peer && self.peer_available {
+            servers.push(Server::Peer);
+        }
+        servers
     }
 
     fn disk_limit(&self) -> Result<Value, String> {
@@ -493,8 +566,10 @@ impl Suite {
                 }
                 Step::Overload(extra) => {
                     load_args.extend(extra.iter().cloned());
+                    load_args.extend(["--rate".to_owned(), self.args.overload_rate.to_string()]);
+                    let seconds = self.args.overload_s.unwrap_or(self.args.duration_s * 10.0);
                     if let Some(at) = load_args.iter().position(|a| a == "--duration-s") {
-                        load_args[at + 1] = (self.args.duration_s * 10.0).to_string();
+                        load_args[at + 1] = seconds.to_string();
                     }
                     "overload".to_owned()
                 }
@@ -569,7 +644,7 @@ impl Suite {
         let mut command = Command::new("taskset");
         command.args(["-c", &cpu]);
         match server {
-            Server::Shardlog => {
+            Server::Shardlog | Server::ShardlogPrezeroOff => {
                 command
                     .arg(self.bin_dir.join("shardlog"))
                     .args([
@@ -584,6 +659,12 @@ impl Suite {
                 if grpc_testing {
                     command.arg("--grpc-testing");
                 }
+                if server == Server::ShardlogPrezeroOff {
+                    let config = data_dir.join("prezero-off.toml");
+                    std::fs::write(&config, "[storage]\nprezero_segments = false\n")
+                        .map_err(|e| format!("{}: {e}", config.display()))?;
+                    command.arg("--config").arg(config);
+                }
             }
             Server::Peer => {
                 command
@@ -597,6 +678,30 @@ impl Suite {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("start {}: {e}", server.name()))
+    }
+}
+
+/// The smoke fails when any run's verification found a problem (a wrong count, offset or
+/// record): latency and errors vary with the machine, correctness must not.
+fn smoke_verdict(results: &Results) -> Result<(), String> {
+    let mut problems = Vec::new();
+    for (scenario, by_server) in results {
+        for (server, runs) in by_server {
+            let reports = runs.iter().flatten().flat_map(|step| &step.points);
+            for report in reports {
+                let listed = report["verification"]["problems"]
+                    .as_array()
+                    .filter(|p| !p.is_empty());
+                if let Some(listed) = listed {
+                    problems.push(format!("{} / {}: {listed:?}", scenario.name, server.name()));
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("verification failed: {}", problems.join("; ")))
     }
 }
 
@@ -800,8 +905,16 @@ fn render(args: &Args, disk: &Value, results: &Results, elapsed: Duration) -> St
                 .get(&Server::Shardlog)
                 .and_then(|r| medians(r, index));
             let theirs = by_server.get(&Server::Peer).and_then(|r| medians(r, index));
+            let off = by_server
+                .get(&Server::ShardlogPrezeroOff)
+                .and_then(|r| medians(r, index));
             let label = step_label(step);
-            for (server, m) in [(Server::Shardlog, ours), (Server::Peer, theirs)] {
+            let rows = [
+                (Server::Shardlog, ours),
+                (Server::ShardlogPrezeroOff, off),
+                (Server::Peer, theirs),
+            ];
+            for (server, m) in rows {
                 let Some(m) = m else {
                     if by_server.contains_key(&server) {
                         out += &format!(
@@ -879,6 +992,20 @@ fn render_memory(results: &Results) -> String {
                     mib(step.rss.end_kib),
                     errors
                 );
+                if step.label == "overload" {
+                    let series: Vec<String> = step
+                        .rss
+                        .series
+                        .iter()
+                        .map(|(t, kib)| format!("{t:.0} s: {:.1}", mib(*kib)))
+                        .collect();
+                    out += &format!(
+                        "| ↳ RSS series ({}) | {} | {} | | | |\n",
+                        scenario.name,
+                        server.name(),
+                        series.join(", ")
+                    );
+                }
             }
         }
     }
@@ -939,6 +1066,7 @@ fn plot_all(dir: &Path, results: &Results) -> Result<(), String> {
 fn server_color(server: Server) -> RGBColor {
     match server {
         Server::Shardlog => RGBColor(0x1f, 0x77, 0xb4),
+        Server::ShardlogPrezeroOff => RGBColor(0x2c, 0xa0, 0x2c),
         Server::Peer => RGBColor(0xd6, 0x27, 0x28),
     }
 }

@@ -17,7 +17,10 @@ const SWEEP_RUNS_MAX: u32 = 32;
 const SWEEP_ACHIEVED_SHARE_MIN: f64 = 0.95;
 
 #[derive(Debug, Parser)]
-#[command(about = "Open-loop load generator for shardlog.v1")]
+#[command(
+    about = "Open-loop load generator for shardlog.v1",
+    args_override_self = true
+)]
 struct Args {
     #[command(flatten)]
     load: LoadConfig,

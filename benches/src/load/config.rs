@@ -24,6 +24,10 @@ pub enum Shape {
     Produce,
     /// `ProduceStream`: long-lived bidi streams, one response per batch.
     ProduceStream,
+    /// Single records handed to the client library's batching, idempotent
+    /// `Producer` (pipelined over ProduceStream); `--rate` is records/s,
+    /// `--batch-records` and `--linger-ms` its batch limits.
+    Producer,
     /// `Append`: client streaming, one summary at the end.
     Append,
     /// Unary `Fetch` of prefilled data at random offsets.
@@ -106,6 +110,9 @@ pub struct LoadConfig {
     /// Bytes of each record value.
     #[arg(long, default_value_t = 100)]
     pub record_bytes: u32,
+    /// Producer shape: how long a partition's batch may wait for more records.
+    #[arg(long, default_value_t = 5.0)]
+    pub linger_ms: f64,
     /// Partition choice per batch.
     #[arg(long, value_enum, default_value = "round-robin")]
     pub keys: KeyDistribution,
@@ -136,7 +143,7 @@ pub struct LoadConfig {
 impl LoadConfig {
     /// Checks every bound; the error names the offending setting.
     pub fn validate(&self) -> Result<(), String> {
-        let checks: [(bool, &str); 10] = [
+        let checks: [(bool, &str); 12] = [
             (self.partitions >= 1, "--partitions must be >= 1"),
             (
                 self.rate > 0.0 && self.rate.is_finite(),
@@ -168,6 +175,14 @@ impl LoadConfig {
                 self.closed_loop
                     .is_none_or(|n| (1..=CLOSED_LOOP_PRODUCERS_MAX).contains(&n)),
                 "--closed-loop out of 1..=4096",
+            ),
+            (
+                (0.0..=60_000.0).contains(&self.linger_ms),
+                "--linger-ms out of 0..=60000",
+            ),
+            (
+                !(self.shape == Shape::Producer && self.closed_loop.is_some()),
+                "--shape producer is open loop only (the producer's buffer is its window)",
             ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {

@@ -24,7 +24,7 @@ use shardlog_wire::proto::shardlog::v1::{
 use shardlog_wire::{Code, Status};
 
 use super::config::{AckMode, LoadConfig, Shape};
-use super::schedule::{Arrivals, PartitionPicker};
+use super::schedule::{Arrivals, PartitionPicker, SCHEDULE_SLACK};
 use super::stats::{Recorder, RunReport, Verification};
 use super::verify::{self, Ack, AckLog, FETCH_PATH, decode_key, encode_key, payload};
 
@@ -103,16 +103,16 @@ pub fn run_load(
 }
 
 /// Shared state of one run (lives on the executor).
-struct Run {
-    config: LoadConfig,
+pub(super) struct Run {
+    pub(super) config: LoadConfig,
     channels: Vec<Channel>,
-    recorder: RefCell<Recorder>,
-    acks: RefCell<AckLog>,
+    pub(super) recorder: RefCell<Recorder>,
+    pub(super) acks: RefCell<AckLog>,
     inflight: Cell<u32>,
     measure_from: Instant,
-    measure_until: Instant,
-    payload: Bytes,
-    progress: ProgressBar,
+    pub(super) measure_until: Instant,
+    pub(super) payload: Bytes,
+    pub(super) progress: ProgressBar,
     /// Whether produce replies are the measured calls (not for Subscribe,
     /// which measures deliveries).
     record_produce: bool,
@@ -121,7 +121,8 @@ struct Run {
 }
 
 impl Run {
-    fn measured(&self, at: Instant) -> bool {
+    /// Whether a request due at `at` falls in the measured window.
+    pub(super) fn measured(&self, at: Instant) -> bool {
         at >= self.measure_from && at < self.measure_until
     }
 
@@ -141,6 +142,7 @@ impl Run {
             Ok(response) => {
                 let ack = Ack {
                     request_id: request.request_id,
+                    first_index: 0,
                     partition: response.partition,
                     base_offset: response.base_offset,
                     record_count: response.record_count,
@@ -157,10 +159,12 @@ impl Run {
                     self.progress.inc(1);
                 }
             }
-            Err(status) if measured && self.record_produce => {
-                self.recorder.borrow_mut().error(code_name(&status))
+            Err(status) => {
+                self.acks.borrow_mut().ambiguous_records += u64::from(request.record_count);
+                if measured && self.record_produce {
+                    self.recorder.borrow_mut().error(code_name(&status));
+                }
             }
-            Err(_) => {}
         }
     }
 }
@@ -264,6 +268,7 @@ async fn drive(run: &Rc<Run>, start: Instant) -> Verification {
             .await;
             verify_acks(run).await
         }
+        Shape::Producer => super::producer::run_producer(run, start).await,
         Shape::Append => run_append(run, start).await,
         Shape::Fetch => run_fetch(run, start).await,
         Shape::Subscribe => run_subscribe(run, start).await,
@@ -379,15 +384,17 @@ where
             break;
         }
         let now = Instant::now();
-        if due > now {
+        if due > now + SCHEDULE_SLACK {
             glommio::timer::sleep(due - now).await;
         }
+        let sent = Instant::now();
         let pending = Pending {
             request_id,
             partition: picker.pick(),
             record_count: config.batch_records,
-            due,
-            sent: Instant::now(),
+            // Sent early (within the slack): latency runs from the send.
+            due: due.min(sent),
+            sent,
         };
         request_id += 1;
         if run.inflight.get() >= inflight_max {
@@ -773,7 +780,8 @@ async fn check_end_offsets(
     }
 }
 
-async fn verify_acks(run: &Rc<Run>) -> Verification {
+/// Verifies the acks collected so far against the server (see `verify`).
+pub(super) async fn verify_acks(run: &Rc<Run>) -> Verification {
     // A snapshot: late replies may still arrive while verification awaits.
     let snapshot = {
         let acks = run.acks.borrow();
@@ -781,6 +789,7 @@ async fn verify_acks(run: &Rc<Run>) -> Verification {
             start_offsets: acks.start_offsets.clone(),
             acks: acks.acks.clone(),
             count_mismatches: acks.count_mismatches,
+            ambiguous_records: acks.ambiguous_records,
         }
     };
     verify::verify(

@@ -7,10 +7,12 @@
 //! stalled server shows up as latency instead of a slower sender
 //! (no coordinated omission). Service time (from the actual send) is
 //! recorded next to it. `--closed-loop N` instead runs N producers that each
-//! send the next batch only after the previous ack.
+//! send the next batch only after the previous ack. The `producer` shape
+//! hands single records to the client library's batching `Producer`.
 
 pub mod config;
 pub mod driver;
+mod producer;
 pub mod schedule;
 pub mod stats;
 pub mod verify;

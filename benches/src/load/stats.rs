@@ -118,6 +118,9 @@ pub struct Verification {
     pub partitions_ok: u32,
     /// Records read back and checked (0 without `--read-back`).
     pub read_back_records: u64,
+    /// Stored records no ack covers (allowed up to the records of failed requests, whose
+    /// outcome the generator cannot know).
+    pub unacked_stored_records: u64,
     /// Problems found; empty when everything checked out.
     pub problems: Vec<String>,
 }
@@ -214,13 +217,14 @@ impl RunReport {
             out += &format!("  {name}: {}\n", points.join(" "));
         }
         out += &format!(
-            "  errors: {:?}, overflowed: {}, verified: {} batches / {} records, {} partitions ok, {} read back, problems: {:?}",
+            "  errors: {:?}, overflowed: {}, verified: {} acks / {} records, {} partitions ok, {} read back, {} stored unacked (failed requests), problems: {:?}",
             self.errors,
             self.overflowed,
             self.verification.acked_batches,
             self.verification.acked_records,
             self.verification.partitions_ok,
             self.verification.read_back_records,
+            self.verification.unacked_stored_records,
             self.verification.problems
         );
         out

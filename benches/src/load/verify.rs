@@ -51,6 +51,9 @@ pub fn decode_key(key: &[u8]) -> Option<(u64, u32)> {
 pub struct Ack {
     /// Generator's id of the request.
     pub request_id: u64,
+    /// Key index of the first record (0 for a request's batch; the producer shape merges
+    /// consecutive single-record acks into one range starting at any index).
+    pub first_index: u32,
     /// Partition the server says it wrote.
     pub partition: u32,
     /// First offset.
@@ -68,6 +71,10 @@ pub struct AckLog {
     pub acks: Vec<Ack>,
     /// Acks whose record count differed from what was sent.
     pub count_mismatches: u64,
+    /// Records of requests that failed (deadline, transport, refusal): the server may have
+    /// stored some of them without the generator seeing an ack, so up to this many stored
+    /// records may lie outside every acked range (never inside one: overlaps are errors).
+    pub ambiguous_records: u64,
 }
 
 impl AckLog {
@@ -126,13 +133,17 @@ pub async fn verify(channel: &Channel, topic: &str, log: &AckLog, read_back: boo
         }
     };
     let by_partition = group_by_partition(&log.acks);
+    let mut unacked_stored = 0u64;
     for (partition, &end_offset) in end.iter().enumerate() {
         let start = log.start_offsets.get(partition).copied().unwrap_or(0);
         let acks = by_partition
             .get(&(partition as u32))
             .map_or(&[][..], Vec::as_slice);
         match check_tiling(start, end_offset, acks) {
-            Ok(()) => verification.partitions_ok += 1,
+            Ok(gaps) => {
+                unacked_stored += gaps;
+                verification.partitions_ok += 1;
+            }
             Err(problem) => problems.push(format!("partition {partition}: {problem}")),
         }
         if read_back && !acks.is_empty() {
@@ -143,6 +154,14 @@ pub async fn verify(channel: &Channel, topic: &str, log: &AckLog, read_back: boo
                 }
             }
         }
+    }
+    verification.unacked_stored_records = unacked_stored;
+    if unacked_stored > log.ambiguous_records {
+        problems.push(format!(
+            "{unacked_stored} stored records were never acknowledged, but only {} were in failed \
+             requests (records stored without an ack)",
+            log.ambiguous_records
+        ));
     }
     if problems.len() > PROBLEMS_LISTED_MAX {
         let more = problems.len() - PROBLEMS_LISTED_MAX;
@@ -164,22 +183,26 @@ fn group_by_partition(acks: &[Ack]) -> BTreeMap<u32, Vec<Ack>> {
     by_partition
 }
 
-/// `acks` (sorted by base offset) must cover `[start, end)` exactly.
-pub fn check_tiling(start: u64, end: u64, acks: &[Ack]) -> Result<(), String> {
+/// `acks` (sorted by base offset) must lie in `[start, end)` without overlapping; returns the
+/// records of that range no ack covers (stored by requests whose reply the generator never
+/// saw; the caller compares them with the failed requests).
+pub fn check_tiling(start: u64, end: u64, acks: &[Ack]) -> Result<u64, String> {
     let mut next = start;
+    let mut gaps = 0u64;
     for ack in acks {
-        if ack.base_offset != next {
+        if ack.base_offset < next {
             return Err(format!(
-                "ack of request {} at offset {} but expected {next} (gap or overlap)",
+                "ack of request {} at offset {} overlaps the previous one (ends at {next})",
                 ack.request_id, ack.base_offset
             ));
         }
-        next += u64::from(ack.record_count);
+        gaps += ack.base_offset - next;
+        next = ack.base_offset + u64::from(ack.record_count);
     }
-    if next != end {
+    if next > end {
         return Err(format!("acks end at {next} but the log ends at {end}"));
     }
-    Ok(())
+    Ok(gaps + (end - next))
 }
 
 /// Fetches every acked offset of one partition and checks each record's key.
@@ -212,7 +235,15 @@ async fn read_partition(
                 ack_index += 1;
             }
             let ack = acks[ack_index];
-            let expected = (ack.request_id, (offset - ack.base_offset) as u32);
+            if offset < ack.base_offset {
+                // Stored by a request that failed: no ack to check it against.
+                offset += 1;
+                continue;
+            }
+            let index = ack
+                .first_index
+                .wrapping_add((offset - ack.base_offset) as u32);
+            let expected = (ack.request_id, index);
             let found = record.key.as_deref().and_then(decode_key);
             if found != Some(expected) {
                 return Err(format!(
@@ -260,6 +291,7 @@ mod tests {
     fn ack(request_id: u64, base_offset: u64, record_count: u32) -> Ack {
         Ack {
             request_id,
+            first_index: 0,
             partition: 0,
             base_offset,
             record_count,
@@ -269,11 +301,14 @@ mod tests {
     #[test]
     fn tiling_accepts_exact_cover_and_rejects_gaps_overlaps_and_short_ends() {
         let acks = [ack(1, 5, 3), ack(2, 8, 2)];
-        assert!(check_tiling(5, 10, &acks).is_ok());
-        assert!(check_tiling(5, 11, &acks).is_err());
-        assert!(check_tiling(4, 10, &acks).is_err());
+        assert_eq!(check_tiling(5, 10, &acks), Ok(0));
+        // Records no ack covers are counted (verify compares them with failed requests).
+        assert_eq!(check_tiling(5, 11, &acks), Ok(1));
+        assert_eq!(check_tiling(4, 10, &acks), Ok(1));
+        assert_eq!(check_tiling(5, 12, &[ack(1, 5, 3), ack(2, 9, 2)]), Ok(2));
+        assert!(check_tiling(5, 9, &acks).is_err());
         assert!(check_tiling(5, 10, &[ack(1, 5, 3), ack(2, 7, 3)]).is_err());
-        assert!(check_tiling(0, 0, &[]).is_ok());
+        assert_eq!(check_tiling(0, 0, &[]), Ok(0));
     }
 
     #[test]

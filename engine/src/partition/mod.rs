@@ -11,6 +11,7 @@
 mod open;
 mod read;
 mod tail;
+mod zero_fill;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -36,14 +37,22 @@ use crate::types::{
 };
 
 use tail::{Round, Tail};
+pub(crate) use zero_fill::ZeroFillBudget;
+use zero_fill::ZeroFillPermit;
+pub use zero_fill::{ZERO_FILLS_PER_SHARD_MAX, ZeroFillStats};
 
 /// Unsynced bytes a partition buffers before appends wait for a sync (backpressure).
 pub(crate) const UNSYNCED_BYTES_MAX: u64 = 8 * 1024 * 1024;
 /// Size of one background zero-fill step of the active segment.
 const PREZERO_WRITE_BYTES: usize = 1024 * 1024;
-/// A new segment starts with this much zero-filled (synchronously, before first use); the
-/// background zero-fill runs once the writer is closer than this to the zero-filled end.
+/// A new segment starts with this much zero-filled (synchronously, before first use), and a
+/// background fill restarts this far ahead of a writer that outran the zero-filled part.
 pub(crate) const PREZERO_GAP_BYTES: u64 = 256 * 1024;
+/// The background zero-fill runs once the writer is closer than this to the zero-filled end:
+/// a partition must have written this much into its zero-filled space before it asks for more,
+/// so cold partitions (most of a thousand) never zero-fill, and zero-fill traffic stays
+/// proportional to each partition's own writes.
+const PREZERO_LOW_WATER_BYTES: u64 = PREZERO_GAP_BYTES / 2;
 /// Rounds at least this large skip zero-filling: the fixed cost of allocating blocks at
 /// sync time (~80 us on the reference disk) is small next to their transfer time, and
 /// zero-filling would double their disk traffic.
@@ -51,6 +60,7 @@ const PREZERO_ROUND_BYTES_MAX: u64 = 256 * 1024;
 
 const _: () = assert!(BATCH_BYTES_MAX as u64 <= UNSYNCED_BYTES_MAX);
 const _: () = assert!(PREZERO_WRITE_BYTES <= IO_REQUEST_BYTES_MAX);
+const _: () = assert!(PREZERO_LOW_WATER_BYTES > 0 && PREZERO_LOW_WATER_BYTES < PREZERO_GAP_BYTES);
 
 /// Why the partition refuses service.
 #[derive(Debug, Clone)]
@@ -91,7 +101,7 @@ struct State<F: StorageFile> {
     read_hint: Option<(u64, u64, u64)>,
     /// Tasks to spawn once the state borrow is released (see `Partition::kick`).
     spawn_flusher: bool,
-    spawn_zero_fill: Option<(Rc<F>, PathBuf, u64, u64)>,
+    spawn_zero_fill: Option<ZeroFill<F>>,
     durable_bytes_since_checkpoint: u64,
     stats: PartitionStats,
 }
@@ -114,6 +124,16 @@ impl<F: StorageFile> State<F> {
     }
 }
 
+/// A background zero-fill to spawn: the active segment's file, `len` bytes at `start`, and
+/// its share of the shard's budget (held until the fill ends).
+struct ZeroFill<F> {
+    file: Rc<F>,
+    path: PathBuf,
+    start: u64,
+    len: u64,
+    permit: ZeroFillPermit,
+}
+
 /// What an append attempt did.
 enum Attempt {
     Done(Appended),
@@ -126,6 +146,8 @@ pub struct Partition<S: Storage> {
     dir: PathBuf,
     config: PartitionConfig,
     storage: Rc<S>,
+    /// The shard's bound on background zero-fills (shared by its partitions).
+    zero_fill: Rc<ZeroFillBudget>,
     me: Weak<Partition<S>>,
     state: RefCell<State<S::File>>,
     /// Signalled when the durable point moves, a roll ends, or the partition faults or closes.
@@ -458,10 +480,10 @@ impl<S: Storage> Partition<S> {
             )
         };
         let Some(me) = self.me.upgrade() else { return };
-        if let Some((file, path, start, len)) = zero_fill {
+        if let Some(fill) = zero_fill {
             let me = me.clone();
             self.storage
-                .spawn_background(async move { me.run_zero_fill(file, path, start, len).await });
+                .spawn_background(async move { me.run_zero_fill(fill).await });
         }
         if flusher {
             glommio::spawn_local(async move { me.flusher().await }).detach();
@@ -748,7 +770,9 @@ impl<S: Storage> Partition<S> {
 
     /// Keeps the active segment zero-filled (written and synced) ahead of the write position,
     /// in the background, so syncs never pay for allocating blocks or converting unwritten
-    /// extents. Rounds that would overlap a zero-fill in flight wait for it.
+    /// extents. Only a partition whose writer came within [`PREZERO_LOW_WATER_BYTES`] of the
+    /// zero-filled end asks, and only while the shard's [`ZeroFillBudget`] has a permit (else
+    /// it asks again on its next append). Rounds that would overlap a fill in flight wait.
     fn maybe_prezero(&self, st: &mut State<S::File>) {
         if !self.config.prezero_segments || st.zeroing.is_some() || st.closed || st.fault.is_some()
         {
@@ -759,7 +783,7 @@ impl<S: Storage> Partition<S> {
         }
         let written = align_up(st.tail.written_pos());
         let limit = align_up(self.config.segment_bytes_max);
-        if st.prezeroed_to >= written + PREZERO_GAP_BYTES {
+        if st.prezeroed_to >= written + PREZERO_LOW_WATER_BYTES {
             return; // enough zero-filled space ahead
         }
         // Contiguous with the zero-filled part while the writer is inside it; after a burst of
@@ -772,18 +796,30 @@ impl<S: Storage> Partition<S> {
         if start >= limit {
             return;
         }
+        let Some(permit) = self.zero_fill.try_acquire() else {
+            return;
+        };
         let len = (limit - start).min(PREZERO_WRITE_BYTES as u64);
         st.zeroing = Some(start);
-        st.spawn_zero_fill = Some((
-            st.active().file.clone(),
-            st.active().path.clone(),
+        st.spawn_zero_fill = Some(ZeroFill {
+            file: st.active().file.clone(),
+            path: st.active().path.clone(),
             start,
             len,
-        ));
+            permit,
+        });
     }
 
-    async fn run_zero_fill(&self, file: Rc<S::File>, path: PathBuf, start: u64, len: u64) {
+    async fn run_zero_fill(&self, fill: ZeroFill<S::File>) {
+        let ZeroFill {
+            file,
+            path,
+            start,
+            len,
+            permit,
+        } = fill;
         let result = zero_fill(&*file, start, len).await;
+        drop(permit);
         {
             let mut st = self.state.borrow_mut();
             st.zeroing = None;

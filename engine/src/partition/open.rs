@@ -14,7 +14,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use super::tail::Tail;
-use super::{Fault, Partition, State, UNSYNCED_BYTES_MAX, new_segment};
+use super::{Fault, Partition, State, UNSYNCED_BYTES_MAX, ZeroFillBudget, new_segment};
 use crate::checkpoint::{CHECKPOINT_FILE, CHECKPOINT_TMP_FILE, Checkpoint};
 use crate::error::{EngineError, Result};
 use crate::format::{BATCH_BYTES_MAX, BatchHeader};
@@ -492,6 +492,7 @@ impl<S: Storage> Partition<S> {
         dir: PathBuf,
         config: PartitionConfig,
         storage: Rc<S>,
+        zero_fill: Rc<ZeroFillBudget>,
         create: bool,
     ) -> Result<Rc<Self>> {
         let ctx = Ctx {
@@ -520,7 +521,7 @@ impl<S: Storage> Partition<S> {
             (false, _) => ctx.recover(&bases).await?,
         };
         let healthy = recovered.fault.is_none();
-        let partition = Self::assemble(id, dir, config, storage, recovered);
+        let partition = Self::assemble(id, dir, config, storage, zero_fill, recovered);
         if healthy {
             partition.write_checkpoint().await?;
         }
@@ -532,6 +533,7 @@ impl<S: Storage> Partition<S> {
         dir: PathBuf,
         config: PartitionConfig,
         storage: Rc<S>,
+        zero_fill: Rc<ZeroFillBudget>,
         r: Recovered<S::File>,
     ) -> Rc<Self> {
         let active = r
@@ -568,6 +570,7 @@ impl<S: Storage> Partition<S> {
             dir,
             config,
             storage,
+            zero_fill,
             me: me.clone(),
             state: RefCell::new(state),
             changed: Notify::default(),
