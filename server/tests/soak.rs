@@ -14,8 +14,9 @@
 //! Pass: every acknowledged record at its offset, byte-identical, once, in
 //! send order per stream and idempotent producer; offsets contiguous; p99 ack
 //! latency of the last tenth within 20% (plus a noise floor) of the first;
-//! server anonymous memory and open files flat after warm-up. `SHARDLOG_SOAK_SECS` sets the load duration
-//! (plain `cargo test`: 15 s; CI runs 300 s; see docs/reliability.md).
+//! server anonymous memory and open files flat after warm-up.
+//! `SHARDLOG_SOAK_SECS` sets the load duration (plain `cargo test`: 15 s; CI
+//! runs 300 s; see docs/reliability.md).
 
 mod common;
 
