@@ -23,16 +23,18 @@ fn main() -> ExitCode {
     let shards = config.shards;
     let metrics = config.metrics_listen;
     let result = runtime::run(config, |listening| {
-        let off = |address: Option<std::net::SocketAddr>| {
-            address.map_or_else(|| "off".to_owned(), |a| a.to_string())
+        let on_or_off = |address: Option<std::net::SocketAddr>| {
+            address.map_or_else(|| "off".to_owned(), |a| format!("on {a}"))
         };
+        let plaintext = listening
+            .plaintext
+            .map_or_else(|| "off".to_owned(), |a| a.to_string());
         // Scripts and tests read this line to find the bound ports.
         println!(
-            "shardlog listening on {} ({shards} shards), tls on {}, data in {}, metrics on {}",
-            off(listening.plaintext),
-            off(listening.tls),
+            "shardlog listening on {plaintext} ({shards} shards), tls {}, data in {}, metrics {}",
+            on_or_off(listening.tls),
             data_dir.display(),
-            off(metrics)
+            on_or_off(metrics)
         );
     });
     match result {
