@@ -577,20 +577,20 @@ impl Drop for BusyGuard<'_> {
 
 /// Bytes a record counts for against produce quotas.
 fn record_bytes(record: &shardlog_engine::Record) -> usize {
-    let headers: usize = record
-        .headers
-        .iter()
-        .map(|h| h.key.len() + h.value.len())
-        .sum();
-    record.key.as_ref().map_or(0, |key| key.len()) + record.value.len() + headers
+    payload_bytes(record.key.as_ref(), &record.value, &record.headers)
 }
 
 /// Bytes a served record counts for against fetch quotas.
 fn stored_record_bytes(record: &shardlog_engine::StoredRecord) -> usize {
-    let headers: usize = record
-        .headers
-        .iter()
-        .map(|h| h.key.len() + h.value.len())
-        .sum();
-    record.key.as_ref().map_or(0, |key| key.len()) + record.value.len() + headers
+    payload_bytes(record.key.as_ref(), &record.value, &record.headers)
+}
+
+/// Key, value and header bytes: what quotas charge for a record.
+fn payload_bytes(
+    key: Option<&bytes::Bytes>,
+    value: &bytes::Bytes,
+    headers: &[shardlog_engine::Header],
+) -> usize {
+    let header_bytes: usize = headers.iter().map(|h| h.key.len() + h.value.len()).sum();
+    key.map_or(0, |key| key.len()) + value.len() + header_bytes
 }

@@ -15,7 +15,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{Log, TestServer, block_on, produce_to};
+use common::{Log, Rng, TestServer, block_on, produce_to};
 use shardlog_wire::proto::shardlog::v1 as pb;
 
 const PARTITIONS: u32 = 4;
@@ -37,22 +37,6 @@ struct Ledger {
     /// (partition) -> (offset -> value) a consumer has seen.
     consumed: BTreeMap<u32, BTreeMap<u64, Vec<u8>>>,
     next_value: u64,
-}
-
-/// A small deterministic generator (xorshift) so a failing seed replays.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
-    }
 }
 
 fn batch_request(

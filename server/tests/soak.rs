@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Log, TestServer, block_on, produce_to};
+use common::{Log, Rng, TestServer, block_on, produce_to};
 use shardlog_wire::Code;
 use shardlog_wire::client::{
     CallOptions, Channel, Client, ClientConfig, GlommioRuntime, ProducerConfig,
@@ -97,22 +97,6 @@ const PARTITIONS_UNARY: u32 = 2;
 const PARTITIONS_STREAM: u32 = 2;
 const PARTITIONS_LIBRARY: u32 = 4;
 const PARTITIONS_FAULTS: u32 = 2;
-
-/// A small deterministic generator (xorshift) so a failing seed replays.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
-    }
-}
 
 /// The kinds of injected fault, in the order the RNG picks them.
 const FAULT_KINDS: [&str; 7] = [

@@ -356,3 +356,21 @@ pub fn http_get(addr: &str, path: &str) -> String {
         String::new()
     }
 }
+
+/// A small deterministic generator (xorshift) so a failing seed replays.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next value.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A value in `0..bound`.
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound
+    }
+}
