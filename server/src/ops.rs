@@ -27,6 +27,9 @@ pub enum Op {
         ack: AckLevel,
         /// Whose produce quota it uses, if one applies.
         quota: Option<QuotaTicket>,
+        /// Key, value and header bytes of the batch, as summed when the
+        /// request was admitted: what the produce quota charges.
+        record_bytes: usize,
     },
     /// Read records from a local partition, optionally waiting for new ones.
     Read {

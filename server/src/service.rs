@@ -342,6 +342,7 @@ fn prepare_produce(
             batch: AppendBatch { records, producer },
             ack,
             quota: quota_ticket(shard, context, true),
+            record_bytes,
         },
         _admission: admission,
     })

@@ -206,13 +206,13 @@ impl ShardContext {
                 batch,
                 ack,
                 quota,
+                record_bytes,
             } => {
                 let target = self.local_partition(&topic, partition)?;
                 if let Some(ticket) = &quota {
-                    let bytes: usize = batch.records.iter().map(record_bytes).sum();
                     let cost = [
                         (QuotaKind::Requests, 1),
-                        (QuotaKind::ProduceBytes, bytes as u64),
+                        (QuotaKind::ProduceBytes, record_bytes as u64),
                     ];
                     self.admit_quota(ticket, &cost)?;
                 }
@@ -575,22 +575,13 @@ impl Drop for BusyGuard<'_> {
     }
 }
 
-/// Bytes a record counts for against produce quotas.
-fn record_bytes(record: &shardlog_engine::Record) -> usize {
-    payload_bytes(record.key.as_ref(), &record.value, &record.headers)
-}
-
-/// Bytes a served record counts for against fetch quotas.
+/// Bytes a served record counts for against fetch quotas: key, value and
+/// headers, as produce quotas count them.
 fn stored_record_bytes(record: &shardlog_engine::StoredRecord) -> usize {
-    payload_bytes(record.key.as_ref(), &record.value, &record.headers)
-}
-
-/// Key, value and header bytes: what quotas charge for a record.
-fn payload_bytes(
-    key: Option<&bytes::Bytes>,
-    value: &bytes::Bytes,
-    headers: &[shardlog_engine::Header],
-) -> usize {
-    let header_bytes: usize = headers.iter().map(|h| h.key.len() + h.value.len()).sum();
-    key.map_or(0, |key| key.len()) + value.len() + header_bytes
+    let headers: usize = record
+        .headers
+        .iter()
+        .map(|h| h.key.len() + h.value.len())
+        .sum();
+    record.key.as_ref().map_or(0, |key| key.len()) + record.value.len() + headers
 }
