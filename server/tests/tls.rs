@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 
 use common::{Log, TestServer, block_on};
 use shardlog_wire::Code;
-use shardlog_wire::client::{Channel, Client, ClientConfig, GlommioRuntime};
+use shardlog_wire::client::{Client, ClientConfig, GlommioRuntime};
 use shardlog_wire::tls::ClientTls;
-use tls_support::{Ca, Leaf, client_config, server_name, write};
+use tls_support::{Ca, Leaf, client_config, write};
 
 /// Longest wait for a SIGHUP reload to reach every shard.
 const RELOAD_WAIT_MAX: Duration = Duration::from_secs(20);
@@ -77,19 +77,9 @@ impl Pki {
     }
 }
 
-/// A TLS + HTTP/2 channel, or why the handshake failed.
+/// The Log service over TLS, or why the handshake failed.
 async fn connect(addr: SocketAddr, client: Arc<rustls::ClientConfig>) -> Result<Log, String> {
-    let tcp = glommio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let tls = futures_rustls::TlsConnector::from(client)
-        .connect(server_name(), tcp)
-        .await
-        .map_err(|e| format!("tls: {e}"))?;
-    let (channel, driver) = Channel::handshake(tls, "localhost")
-        .await
-        .map_err(|e| format!("h2: {e}"))?;
-    glommio::spawn_local(driver).detach();
+    let channel = tls_support::connect(addr, client).await?;
     Ok(Log { channel })
 }
 

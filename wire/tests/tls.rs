@@ -18,7 +18,9 @@ use shardlog_wire::client::{CallOptions, Channel};
 use shardlog_wire::server::{Router, Server, ServerConfig};
 use shardlog_wire::tls::{ClientAuth, TlsAcceptor, TlsFiles, server_config};
 use shardlog_wire::{Request, Response};
-use tls_support::{Ca, Leaf, client_config, client_config_with_versions, server_name, write};
+use tls_support::{
+    Ca, Leaf, client_config, client_config_with_versions, connect, server_name, write,
+};
 
 const WHOAMI: &str = "/test.Tls/WhoAmI";
 /// Bound on any single call or read in these tests (never reached when
@@ -70,20 +72,6 @@ fn start(tls: Arc<rustls::ServerConfig>, server_config: ServerConfig) -> (Socket
     let serving = acceptor.clone();
     glommio::spawn_local(async move { server.serve_tls(listener, serving).await }).detach();
     (addr, acceptor)
-}
-
-/// A TLS + HTTP/2 channel to `addr`, or why it could not be made.
-async fn connect(addr: SocketAddr, client: Arc<rustls::ClientConfig>) -> Result<Channel, String> {
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let tls = futures_rustls::TlsConnector::from(client)
-        .connect(server_name(), tcp)
-        .await
-        .map_err(|e| format!("tls: {e}"))?;
-    let (channel, driver) = Channel::handshake(tls, "localhost")
-        .await
-        .map_err(|e| format!("h2: {e}"))?;
-    glommio::spawn_local(driver).detach();
-    Ok(channel)
 }
 
 async fn who_am_i(channel: &Channel) -> Result<String, String> {

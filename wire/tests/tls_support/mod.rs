@@ -175,3 +175,23 @@ pub fn client_config_with_versions(
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(config)
 }
+
+/// A TLS + HTTP/2 channel to `addr` (server name `localhost`), or why the
+/// TLS or HTTP/2 handshake failed.
+pub async fn connect(
+    addr: std::net::SocketAddr,
+    client: Arc<rustls::ClientConfig>,
+) -> Result<shardlog_wire::client::Channel, String> {
+    let tcp = glommio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let tls = futures_rustls::TlsConnector::from(client)
+        .connect(server_name(), tcp)
+        .await
+        .map_err(|e| format!("tls: {e}"))?;
+    let (channel, driver) = shardlog_wire::client::Channel::handshake(tls, "localhost")
+        .await
+        .map_err(|e| format!("h2: {e}"))?;
+    glommio::spawn_local(driver).detach();
+    Ok(channel)
+}
