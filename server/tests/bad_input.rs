@@ -7,7 +7,7 @@ mod common;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use common::{Log, TestServer, block_on, expect_code, produce_to, record};
+use common::{Log, TestServer, block_on, expect_code, open_produce_stream, produce_to, record};
 use shardlog_wire::Code;
 use shardlog_wire::client::CallOptions;
 use shardlog_wire::proto::shardlog::v1 as pb;
@@ -156,12 +156,7 @@ fn every_bad_input_gets_its_status_and_changes_nothing() {
 
         // A client cancelling a ProduceStream midway: the connection and
         // the server live on.
-        let (mut sink, responses) = log
-            .channel
-            .bidi_streaming::<pb::ProduceRequest, pb::ProduceResponse>(
-                "/shardlog.v1.Log/ProduceStream",
-                CallOptions::default(),
-            )
+        let (mut sink, responses) = open_produce_stream(&log.channel)
             .await
             .expect("open stream");
         sink.send(&produce_to("keep", 1, vec![record(b"streamed")]))

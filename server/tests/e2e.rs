@@ -6,7 +6,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{Log, TestServer, block_on, expect_code, produce_to, record};
+use common::{
+    Log, TestServer, block_on, expect_code, open_produce_stream, open_subscribe, produce_to, record,
+};
 use shardlog_wire::Code;
 use shardlog_wire::client::CallOptions;
 use shardlog_wire::proto::shardlog::v1 as pb;
@@ -254,12 +256,7 @@ fn produce_stream_pipelines_in_order_across_connections_and_shards() {
         let streams = (0..CONNECTIONS).map(|connection| async move {
             let log = Log::connect(addr).await;
             let partition = (connection % 4) as u32;
-            let (mut sink, responses) = log
-                .channel
-                .bidi_streaming::<pb::ProduceRequest, pb::ProduceResponse>(
-                    "/shardlog.v1.Log/ProduceStream",
-                    CallOptions::default(),
-                )
+            let (mut sink, responses) = open_produce_stream(&log.channel)
                 .await
                 .expect("open stream");
             let sender = async move {
@@ -402,13 +399,7 @@ fn long_poll_fetch_and_subscribe_follow_new_records() {
             offset: 0,
             max_bytes: 0,
         };
-        let mut stream = log
-            .channel
-            .server_streaming::<_, pb::FetchResponse>(
-                "/shardlog.v1.Log/Subscribe",
-                &subscribe,
-                CallOptions::default(),
-            )
+        let mut stream = open_subscribe(&log.channel, &subscribe)
             .await
             .expect("subscribe")
             .into_inner();

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Log, TestServer, block_on, produce_to};
+use common::{Log, TestServer, block_on, open_subscribe, produce_to};
 use shardlog_engine::{
     AckLevel, AppendBatch, DmaStorage, Header, PartitionConfig, PartitionId, ReadLimits, Record,
     Shard,
@@ -181,13 +181,7 @@ fn subscriber_that_never_reads_does_not_grow_server_memory() {
         };
         // A subscriber on its own connection that never reads its stream.
         let stalled = Log::connect(addr).await;
-        let stream = stalled
-            .channel
-            .server_streaming::<_, pb::FetchResponse>(
-                "/shardlog.v1.Log/Subscribe",
-                &subscribe,
-                CallOptions::default(),
-            )
+        let stream = open_subscribe(&stalled.channel, &subscribe)
             .await
             .expect("subscribe");
         glommio::timer::sleep(Duration::from_millis(300)).await;

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Log, Rng, TestServer, block_on, produce_to};
+use common::{Log, Rng, TestServer, block_on, open_produce_stream, open_subscribe, produce_to};
 use shardlog_wire::Code;
 use shardlog_wire::client::{
     CallOptions, Channel, Client, ClientConfig, GlommioRuntime, ProducerConfig,
@@ -372,12 +372,7 @@ async fn stream_producer(soak: Rc<Soak>, log: Log, partition: u32, batches_per_s
     while !soak.stop.get() {
         soak.ticks_skipped
             .set(soak.ticks_skipped.get() + pacer.next().await);
-        let (mut sink, responses) = log
-            .channel
-            .bidi_streaming::<pb::ProduceRequest, pb::ProduceResponse>(
-                "/shardlog.v1.Log/ProduceStream",
-                CallOptions::default(),
-            )
+        let (mut sink, responses) = open_produce_stream(&log.channel)
             .await
             .expect("open ProduceStream");
         let mut responses = match send_and_open(
@@ -597,13 +592,7 @@ async fn subscribe_follower(soak: Rc<Soak>, log: Log, topic: &'static str, parti
         offset: 0,
         max_bytes: 0,
     };
-    let mut stream = log
-        .channel
-        .server_streaming::<_, pb::FetchResponse>(
-            "/shardlog.v1.Log/Subscribe",
-            &request,
-            CallOptions::default(),
-        )
+    let mut stream = open_subscribe(&log.channel, &request)
         .await
         .expect("subscribe")
         .into_inner();
@@ -702,25 +691,14 @@ async fn inject(
     match kind {
         "connection_reset" => {
             let (channel, socket) = connect_cuttable(addr).await;
-            let (mut sink, _responses) = channel
-                .bidi_streaming::<pb::ProduceRequest, pb::ProduceResponse>(
-                    "/shardlog.v1.Log/ProduceStream",
-                    CallOptions::default(),
-                )
-                .await
-                .expect("open stream");
+            let (mut sink, _responses) = open_produce_stream(&channel).await.expect("open stream");
             for _ in 0..3 {
                 let _ = sink.send(&fault_request("reset", 1024)).await;
             }
             cut(socket);
         }
         "cancelled_stream" => {
-            let (mut sink, _responses) = log
-                .channel
-                .bidi_streaming::<pb::ProduceRequest, pb::ProduceResponse>(
-                    "/shardlog.v1.Log/ProduceStream",
-                    CallOptions::default(),
-                )
+            let (mut sink, _responses) = open_produce_stream(&log.channel)
                 .await
                 .expect("open stream");
             let _ = sink.send(&fault_request("cancel", 1024)).await;
@@ -791,14 +769,7 @@ async fn inject(
                 max_bytes: 0,
             };
             // Opened and never read until evicted.
-            match channel
-                .server_streaming::<_, pb::FetchResponse>(
-                    "/shardlog.v1.Log/Subscribe",
-                    &request,
-                    CallOptions::default(),
-                )
-                .await
-            {
+            match open_subscribe(&channel, &request).await {
                 Ok(stream) => stalled.push_back((stream, socket)),
                 Err(status) => {
                     soak.violation(format!("stalled subscribe: {status:?}"));

@@ -13,9 +13,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement};
-use shardlog_wire::client::{CallOptions, Channel};
+use shardlog_wire::client::{CallOptions, Channel, RequestSink, StreamingResponseFuture};
 use shardlog_wire::proto::shardlog::v1 as pb;
-use shardlog_wire::{Code, Status};
+use shardlog_wire::{Code, Response, Status, Streaming};
 
 /// How long a server gets to print its listening line.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -373,4 +373,33 @@ impl Rng {
     pub fn below(&mut self, bound: u64) -> u64 {
         self.next() % bound
     }
+}
+
+/// Opens a ProduceStream on `channel` (no deadline).
+pub async fn open_produce_stream(
+    channel: &Channel,
+) -> Result<
+    (
+        RequestSink<pb::ProduceRequest>,
+        StreamingResponseFuture<pb::ProduceResponse>,
+    ),
+    Status,
+> {
+    channel
+        .bidi_streaming("/shardlog.v1.Log/ProduceStream", CallOptions::default())
+        .await
+}
+
+/// Opens a Subscribe on `channel` (no deadline).
+pub async fn open_subscribe(
+    channel: &Channel,
+    request: &pb::SubscribeRequest,
+) -> Result<Response<Streaming<pb::FetchResponse>>, Status> {
+    channel
+        .server_streaming(
+            "/shardlog.v1.Log/Subscribe",
+            request,
+            CallOptions::default(),
+        )
+        .await
 }
