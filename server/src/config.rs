@@ -268,6 +268,11 @@ pub struct LimitsConfig {
     /// Record bytes of produces a shard has accepted and not yet answered; beyond it a
     /// produce is refused UNAVAILABLE with nothing written (load shedding, not buffering).
     pub produce_inflight_bytes_max: usize,
+    /// Produce requests a shard has accepted and not yet answered; beyond it a produce is
+    /// refused UNAVAILABLE with nothing written. Bounds the queue of small produces, which
+    /// never reach the byte budget: without it an overloaded shard holds every request
+    /// HTTP/2 lets in until the clients' deadlines expire.
+    pub produce_inflight_requests_max: usize,
     /// Default and largest fetch size.
     pub fetch_bytes_max: usize,
     /// Longest long-poll wait a fetch may ask for.
@@ -363,6 +368,7 @@ impl Default for LimitsConfig {
             cross_core_inflight_max: 4096,
             stream_inflight_max: 128,
             produce_inflight_bytes_max: 256 << 20,
+            produce_inflight_requests_max: 4096,
             fetch_bytes_max: 1 << 20,
             fetch_wait_ms_max: 60_000,
             connections_per_shard_max: 10_000,
@@ -508,7 +514,10 @@ impl Config {
         if self.log_format != "text" && self.log_format != "json" {
             return invalid("log_format", "must be \"text\" or \"json\"");
         }
-        if self.limits.cross_core_queue_depth == 0 || self.limits.stream_inflight_max == 0 {
+        if self.limits.cross_core_queue_depth == 0
+            || self.limits.stream_inflight_max == 0
+            || self.limits.produce_inflight_requests_max == 0
+        {
             return invalid("limits", "queue depths must be at least 1");
         }
         if self.limits.produce_inflight_bytes_max < self.limits.message_bytes_max {

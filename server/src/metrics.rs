@@ -153,7 +153,7 @@ impl shardlog_wire::server::CallObserver for MetricsObserver {
 }
 
 /// Metric families: name, type, help. Samples are grouped under them.
-const FAMILIES: [(&str, &str, &str); 20] = [
+const FAMILIES: [(&str, &str, &str); 22] = [
     (
         "grpc_requests_total",
         "counter",
@@ -243,6 +243,16 @@ const FAMILIES: [(&str, &str, &str); 20] = [
         "shardlog_cross_core_calls_total",
         "counter",
         "Calls sent to other shards.",
+    ),
+    (
+        "shardlog_produce_inflight_requests",
+        "gauge",
+        "Produce requests accepted by this shard and not yet answered.",
+    ),
+    (
+        "shardlog_produce_shed_total",
+        "counter",
+        "Produce requests refused UNAVAILABLE because the shard's in-flight bounds were full.",
     ),
     (
         "shardlog_cross_core_refused_total",
@@ -412,7 +422,7 @@ pub fn render_shard(shard: &ShardContext) -> String {
     let connections = server.map_or(0, |server| server.active_connections());
     let (refused_total_cap, refused_source_ip_cap) =
         server.map_or((0, 0), |server| server.refused_connections());
-    let shard_counters: [(&str, u64); 5] = [
+    let shard_counters: [(&str, u64); 7] = [
         ("shardlog_connections_active", connections as u64),
         (
             "shardlog_connections_cut_total",
@@ -421,6 +431,14 @@ pub fn render_shard(shard: &ShardContext) -> String {
         ("shardlog_cross_core_inflight", mesh.inflight() as u64),
         ("shardlog_cross_core_calls_total", mesh.calls_total()),
         ("shardlog_cross_core_refused_total", mesh.refused_total()),
+        (
+            "shardlog_produce_inflight_requests",
+            shard.produce_inflight_requests.get() as u64,
+        ),
+        (
+            "shardlog_produce_shed_total",
+            shard.produce_shed_total.get(),
+        ),
     ];
     for (family, value) in shard_counters {
         sample(&mut out, family, "", id, "", value);

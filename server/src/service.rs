@@ -236,28 +236,48 @@ struct PreparedProduce {
     _admission: ProduceAdmission,
 }
 
-/// A produce's share of the shard's in-flight byte budget, returned when the
-/// produce is answered (or dropped).
+/// A produce's share of the shard's in-flight budgets (one request, its record
+/// bytes), returned when the produce is answered (or dropped).
 struct ProduceAdmission {
     shard: Rc<ShardContext>,
     bytes: usize,
 }
 
 impl ProduceAdmission {
-    /// Takes `bytes` of the budget, or refuses UNAVAILABLE with nothing written.
+    /// Takes one request and `bytes` of the budgets, or refuses UNAVAILABLE with
+    /// nothing written: load is shed at once rather than queued until the
+    /// client's deadline expires.
     fn take(shard: &Rc<ShardContext>, bytes: usize) -> Result<Self, Status> {
-        let inflight = shard.produce_inflight_bytes.get();
-        let limit = shard.config.limits.produce_inflight_bytes_max;
-        if inflight > 0 && inflight + bytes > limit {
+        let limits = &shard.config.limits;
+        let inflight_bytes = shard.produce_inflight_bytes.get();
+        let inflight_requests = shard.produce_inflight_requests.get();
+        let over = if inflight_requests >= limits.produce_inflight_requests_max {
+            Some(format!(
+                "{inflight_requests} produce requests in flight (limit {})",
+                limits.produce_inflight_requests_max
+            ))
+        } else if inflight_bytes > 0 && inflight_bytes + bytes > limits.produce_inflight_bytes_max {
+            Some(format!(
+                "{inflight_bytes} bytes of produce in flight (limit {})",
+                limits.produce_inflight_bytes_max
+            ))
+        } else {
+            None
+        };
+        if let Some(over) = over {
+            shard
+                .produce_shed_total
+                .set(shard.produce_shed_total.get() + 1);
             return Err(Status::new(
                 Code::UNAVAILABLE,
                 format!(
-                    "shard {} is overloaded: {inflight} bytes of produce in flight (limit {limit}); nothing was written, retry",
+                    "shard {} is overloaded: {over}; nothing was written, retry",
                     shard.id
                 ),
             ));
         }
-        shard.produce_inflight_bytes.set(inflight + bytes);
+        shard.produce_inflight_bytes.set(inflight_bytes + bytes);
+        shard.produce_inflight_requests.set(inflight_requests + 1);
         Ok(Self {
             shard: shard.clone(),
             bytes,
@@ -267,9 +287,18 @@ impl ProduceAdmission {
 
 impl Drop for ProduceAdmission {
     fn drop(&mut self) {
-        let inflight = self.shard.produce_inflight_bytes.get();
-        assert!(inflight >= self.bytes, "produce budget returned twice");
-        self.shard.produce_inflight_bytes.set(inflight - self.bytes);
+        let inflight_bytes = self.shard.produce_inflight_bytes.get();
+        let inflight_requests = self.shard.produce_inflight_requests.get();
+        assert!(
+            inflight_bytes >= self.bytes && inflight_requests >= 1,
+            "produce budget returned twice"
+        );
+        self.shard
+            .produce_inflight_bytes
+            .set(inflight_bytes - self.bytes);
+        self.shard
+            .produce_inflight_requests
+            .set(inflight_requests - 1);
     }
 }
 

@@ -57,6 +57,10 @@ pub struct ShardContext {
     pub draining: Cell<bool>,
     /// Record bytes of produces accepted here and not yet answered.
     pub produce_inflight_bytes: Cell<usize>,
+    /// Produces accepted here and not yet answered.
+    pub produce_inflight_requests: Cell<usize>,
+    /// Produces refused UNAVAILABLE by the two bounds above.
+    pub produce_shed_total: Cell<u64>,
     /// This shard's gRPC server, once it serves (for connection metrics).
     pub server: std::cell::OnceCell<shardlog_wire::server::Server>,
     /// Authentication, ACLs and this shard's quota buckets.
@@ -89,6 +93,8 @@ impl ShardContext {
             catalog_busy: RefCell::new(Vec::new()),
             draining: Cell::new(false),
             produce_inflight_bytes: Cell::new(0),
+            produce_inflight_requests: Cell::new(0),
+            produce_shed_total: Cell::new(0),
             server: std::cell::OnceCell::new(),
             security: ShardSecurity::new(security),
         })

@@ -502,19 +502,35 @@ fn expired_deadline_is_deadline_exceeded() {
 
 #[test]
 fn produce_beyond_the_in_flight_byte_budget_is_shed_not_buffered() {
-    let (_dir, config) = config_file(
-        "[limits]\nmessage_bytes_max = 1048576\nrecord_bytes_max = 524288\nfetch_bytes_max = 524288\nproduce_inflight_bytes_max = 1048576\n",
-    );
+    // 64 concurrent 200 KiB produces against a 1 MiB budget.
+    burst_is_shed_not_buffered("produce_inflight_bytes_max = 1048576\n", 64, 200 << 10);
+}
+
+#[test]
+fn produce_beyond_the_in_flight_request_bound_is_shed_not_buffered() {
+    // 256 concurrent one-record produces against a bound of 4 requests: small records never
+    // reach the byte budget, so the count is what sheds them.
+    burst_is_shed_not_buffered("produce_inflight_requests_max = 4\n", 256, 16);
+}
+
+/// Fires `produces` concurrent one-record produces of `value_bytes` each at a server with
+/// the given `[limits]` line: some must be refused UNAVAILABLE ("overloaded"), exactly the
+/// acknowledged records must be stored, and the budget must come back afterwards.
+fn burst_is_shed_not_buffered(limit: &str, produces: u32, value_bytes: usize) {
+    let (_dir, config) = config_file(&format!(
+        "[limits]\nmessage_bytes_max = 1048576\nrecord_bytes_max = 524288\nfetch_bytes_max = 524288\n{limit}"
+    ));
     let server = TestServer::start_with(1, &["--config", &config]);
     let addr = server.addr;
+    let limit = limit.to_owned();
     block_on(move || async move {
         let log = Log::connect(addr).await;
         log.create_topic("shed", 1).await.expect("create");
-        let attempts = (0..64u32).map(|i| {
+        let attempts = (0..produces).map(|i| {
             let log = log.clone();
             async move {
                 let mut value = format!("{i}:").into_bytes();
-                value.resize(200 << 10, b'x');
+                value.resize(value_bytes.max(value.len()), b'x');
                 let result = log
                     .produce(produce_to("shed", 0, vec![common::record(&value)]))
                     .await;
@@ -541,7 +557,7 @@ fn produce_beyond_the_in_flight_byte_budget_is_shed_not_buffered() {
         }
         assert!(
             shed > 0,
-            "64 concurrent 200 KiB produces against a 1 MiB budget shed some"
+            "{produces} concurrent produces with {limit:?} shed some"
         );
         assert!(!acknowledged.is_empty());
         let stored: std::collections::BTreeSet<Vec<u8>> = log
