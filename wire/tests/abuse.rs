@@ -48,8 +48,11 @@ const CALL_PACING: Duration = Duration::from_millis(2);
 const WARMUP_CALLS: usize = 50;
 const SAMPLES_MIN: usize = 200;
 const BASELINE_DURATION: Duration = Duration::from_millis(1500);
-/// Absolute allowance on top of 2x the normal p99 (shared 2-core machine).
-const P99_SLACK: Duration = Duration::from_millis(2);
+/// Absolute allowance on top of 2x the normal p99: on a 2-core machine the server, the
+/// attacker and the probe share both cores, and a contained handshake flood still put the
+/// probe at 5.0 ms against a 1.4 ms baseline in a CI run. A flood that is not contained
+/// starves the probe for tens of ms or more.
+const P99_SLACK: Duration = Duration::from_millis(5);
 /// RSS sampling period.
 const RSS_SAMPLE_PERIOD: Duration = Duration::from_millis(5);
 
