@@ -7,7 +7,7 @@
 # reproducer path (fuzz/artifacts/<target>/); otherwise one line per target.
 #
 # Usage: fuzz/ci.sh [SECONDS per target, default 60] [PARALLEL, default 2]
-#   CI: fuzz/ci.sh 60        release check: fuzz/ci.sh 600
+#   CI: fuzz/ci.sh 30 2      release check: fuzz/ci.sh 600
 set -euo pipefail
 cd "$(dirname "$0")"
 
