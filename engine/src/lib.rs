@@ -23,7 +23,10 @@ pub mod storage;
 mod types;
 
 pub use error::{EngineError, Result};
-pub use partition::{Partition, ZERO_FILLS_PER_SHARD_MAX, ZeroFillStats};
+pub use partition::{
+    LatencyHistogram, Partition, SYNC_ROUND_BUCKETS_US, SyncRoundStats, ZERO_FILLS_PER_SHARD_MAX,
+    ZeroFillStats,
+};
 pub use recovery::{ScanEnd, ScanOutcome, scan_batches};
 pub use shard::Shard;
 pub use storage::{DmaStorage, IoBuffer, OpenMode, SimConfig, SimStorage, Storage, StorageFile};

@@ -11,7 +11,9 @@ use std::rc::Rc;
 
 use crate::error::{EngineError, Result};
 use crate::notify::Notify;
-use crate::partition::{Partition, ZeroFillBudget, ZeroFillStats};
+use crate::partition::{
+    Partition, SyncRoundRecorder, SyncRoundStats, ZeroFillBudget, ZeroFillStats,
+};
 use crate::storage::{DmaStorage, Storage};
 use crate::types::{PartitionConfig, PartitionId};
 use crate::validate_topic_name;
@@ -25,6 +27,8 @@ pub struct Shard<S: Storage = DmaStorage> {
     storage: Rc<S>,
     /// Bounds the background zero-fill of all this shard's partitions together.
     zero_fill: Rc<ZeroFillBudget>,
+    /// Histograms of all this shard's partitions' sync rounds.
+    rounds: Rc<SyncRoundRecorder>,
     partitions: RefCell<BTreeMap<PartitionId, Rc<Partition<S>>>>,
     opening: RefCell<BTreeSet<PartitionId>>,
     opened: Notify,
@@ -38,6 +42,7 @@ impl<S: Storage> Shard<S> {
             data_dir,
             storage: Rc::new(storage),
             zero_fill: Rc::default(),
+            rounds: Rc::default(),
             partitions: RefCell::default(),
             opening: RefCell::default(),
             opened: Notify::default(),
@@ -59,6 +64,12 @@ impl<S: Storage> Shard<S> {
     /// [`crate::ZERO_FILLS_PER_SHARD_MAX`] fills at once).
     pub fn zero_fill_stats(&self) -> ZeroFillStats {
         self.zero_fill.stats()
+    }
+
+    /// Histograms of the sync rounds of all this shard's partitions: how long appends waited
+    /// for a round, how long its writes and its fdatasync took.
+    pub fn sync_round_stats(&self) -> SyncRoundStats {
+        self.rounds.stats()
     }
 
     /// Directory of a partition.
@@ -100,6 +111,7 @@ impl<S: Storage> Shard<S> {
             config,
             self.storage.clone(),
             self.zero_fill.clone(),
+            self.rounds.clone(),
             create,
         )
         .await;

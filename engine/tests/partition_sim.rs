@@ -858,3 +858,32 @@ fn background_zero_fill_is_bounded_per_shard_and_skips_cold_partitions() {
         }
     });
 }
+
+#[test]
+fn every_sync_round_is_timed_in_the_shard_histograms() {
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let a = s.open_partition(pid(), small_config(), true).await.unwrap();
+        let b = s
+            .open_partition(PartitionId::new("orders", 4), small_config(), true)
+            .await
+            .unwrap();
+        fill(&a, 10, 3, 1000).await;
+        fill(&b, 7, 2, 1000).await;
+        let rounds = a.stats().syncs + b.stats().syncs;
+        assert!(
+            rounds >= 17,
+            "one round per durable batch at least: {rounds}"
+        );
+        let stats = s.sync_round_stats();
+        for (phase, h) in [
+            ("wait", stats.wait),
+            ("write", stats.write),
+            ("fdatasync", stats.fdatasync),
+        ] {
+            assert_eq!(h.count, rounds, "{phase}");
+            assert_eq!(h.bucket_counts.iter().sum::<u64>(), rounds, "{phase}");
+        }
+    });
+}

@@ -153,7 +153,7 @@ impl shardlog_wire::server::CallObserver for MetricsObserver {
 }
 
 /// Metric families: name, type, help. Samples are grouped under them.
-const FAMILIES: [(&str, &str, &str); 22] = [
+const FAMILIES: [(&str, &str, &str); 25] = [
     (
         "grpc_requests_total",
         "counter",
@@ -207,7 +207,7 @@ const FAMILIES: [(&str, &str, &str); 22] = [
     (
         "shardlog_partition_fsync_latency_us",
         "gauge",
-        "Latency of the last fdatasync, microseconds.",
+        "Latency of the last sync round (writes issued to durable), microseconds.",
     ),
     (
         "shardlog_partition_fetched_records_total",
@@ -263,6 +263,21 @@ const FAMILIES: [(&str, &str, &str); 22] = [
         "shardlog_shard_busy_seconds_total",
         "counter",
         "CPU time the shard's executor spent running tasks.",
+    ),
+    (
+        "shardlog_sync_round_wait_seconds",
+        "histogram",
+        "Per sync round: from its oldest append until its writes were issued (group commit).",
+    ),
+    (
+        "shardlog_sync_round_write_seconds",
+        "histogram",
+        "Per sync round: from issuing its writes until all completed.",
+    ),
+    (
+        "shardlog_sync_round_fdatasync_seconds",
+        "histogram",
+        "Per sync round: from issuing its fdatasync until it completed.",
     ),
 ];
 
@@ -466,8 +481,29 @@ pub fn render_shard(shard: &ShardContext) -> String {
         "",
         busy.as_secs_f64(),
     );
+    render_sync_rounds(shard, &mut out);
     render_security(shard, &mut out);
     out
+}
+
+/// The shard's sync-round phase histograms, in seconds.
+fn render_sync_rounds(shard: &ShardContext, out: &mut String) {
+    let id = shard.id;
+    let stats = shard.engine.sync_round_stats();
+    let phases = [
+        ("shardlog_sync_round_wait_seconds", stats.wait),
+        ("shardlog_sync_round_write_seconds", stats.write),
+        ("shardlog_sync_round_fdatasync_seconds", stats.fdatasync),
+    ];
+    for (family, histogram) in phases {
+        for (bound_us, count) in histogram.cumulative() {
+            let labels = format!(",le=\"{}\"", bound_us as f64 / 1e6);
+            sample(out, family, "_bucket", id, &labels, count);
+        }
+        sample(out, family, "_bucket", id, ",le=\"+Inf\"", histogram.count);
+        sample(out, family, "_sum", id, "", histogram.sum_us as f64 / 1e6);
+        sample(out, family, "_count", id, "", histogram.count);
+    }
 }
 
 /// Gathers every shard's samples and renders the exposition text.

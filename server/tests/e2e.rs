@@ -665,6 +665,10 @@ fn metrics_endpoint_reports_calls_and_partitions() {
         "shardlog_connections_active{shard=",
         "shardlog_connections_refused_total{shard=\"0\",cap=\"source_ip\"} 0",
         "shardlog_connections_cut_total{shard=",
+        "# TYPE shardlog_sync_round_fdatasync_seconds histogram",
+        "shardlog_sync_round_write_seconds_bucket{shard=\"1\",le=\"0.001\"}",
+        "shardlog_sync_round_wait_seconds_bucket{shard=\"1\",le=\"+Inf\"} 1",
+        "shardlog_sync_round_fdatasync_seconds_count{shard=\"1\"} 1",
     ] {
         assert!(text.contains(needle), "metrics lack {needle:?}:\n{text}");
     }

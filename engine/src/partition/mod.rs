@@ -10,6 +10,7 @@
 
 mod open;
 mod read;
+mod round_stats;
 mod tail;
 mod zero_fill;
 
@@ -21,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::checkpoint::{CHECKPOINT_FILE, CHECKPOINT_TMP_FILE, Checkpoint};
 use crate::error::{EngineError, Result};
@@ -36,6 +37,9 @@ use crate::types::{
     AckLevel, AppendBatch, Appended, Offsets, PartitionConfig, PartitionId, PartitionStats,
 };
 
+use round_stats::RoundTimes;
+pub(crate) use round_stats::SyncRoundRecorder;
+pub use round_stats::{LatencyHistogram, SYNC_ROUND_BUCKETS_US, SyncRoundStats};
 use tail::{Round, Tail};
 pub(crate) use zero_fill::ZeroFillBudget;
 use zero_fill::ZeroFillPermit;
@@ -103,6 +107,8 @@ struct State<F: StorageFile> {
     spawn_flusher: bool,
     spawn_zero_fill: Option<ZeroFill<F>>,
     durable_bytes_since_checkpoint: u64,
+    /// When the first append not yet taken by a sync round was encoded.
+    unrounded_since: Option<Instant>,
     stats: PartitionStats,
 }
 
@@ -148,6 +154,8 @@ pub struct Partition<S: Storage> {
     storage: Rc<S>,
     /// The shard's bound on background zero-fills (shared by its partitions).
     zero_fill: Rc<ZeroFillBudget>,
+    /// The shard's sync-round histograms (shared by its partitions).
+    rounds: Rc<SyncRoundRecorder>,
     me: Weak<Partition<S>>,
     state: RefCell<State<S::File>>,
     /// Signalled when the durable point moves, a roll ends, or the partition faults or closes.
@@ -432,6 +440,7 @@ impl<S: Storage> Partition<S> {
         };
         active.index.maybe_add(entry, interval);
         st.log_end += u64::from(record_count);
+        st.unrounded_since.get_or_insert_with(Instant::now);
         // Recovery's torn-tail zone relies on this bound (see partition/open.rs).
         assert!(
             st.unsynced_bytes() <= UNSYNCED_BYTES_MAX,
@@ -610,19 +619,25 @@ impl<S: Storage> Partition<S> {
                     written = Some(self.write_round(&*file, &path, round).await?)
                 }
                 (Some(w), None) => {
+                    let issued = Instant::now();
                     fdatasync(&*file, &path).await?;
-                    self.publish(w);
+                    self.publish(w, issued.elapsed());
                     // Let the appenders just released append again before the next round.
                     crate::notify::yield_once().await;
                 }
                 (Some(w), Some(round)) => {
-                    let (synced, next_written) = futures_lite::future::zip(
-                        fdatasync(&*file, &path),
+                    let timed_sync = async {
+                        let issued = Instant::now();
+                        let synced = fdatasync(&*file, &path).await;
+                        (synced, issued.elapsed())
+                    };
+                    let ((synced, sync_time), next_written) = futures_lite::future::zip(
+                        timed_sync,
                         self.write_round(&*file, &path, round),
                     )
                     .await;
                     synced?;
-                    self.publish(w);
+                    self.publish(w, sync_time);
                     written = Some(next_written?);
                 }
             }
@@ -633,7 +648,7 @@ impl<S: Storage> Partition<S> {
     fn take_wanted_round(
         &self,
         written: Option<&Written<<S::File as StorageFile>::Buffer>>,
-    ) -> Option<(Round<<S::File as StorageFile>::Buffer>, u64)> {
+    ) -> Option<WantedRound<<S::File as StorageFile>::Buffer>> {
         let mut st = self.state.borrow_mut();
         let (covered_pos, covered_offset) = written
             .map_or((st.durable_pos, st.durable_offset), |w| {
@@ -649,15 +664,26 @@ impl<S: Storage> Partition<S> {
             // Nothing new in the tail: everything appended is already durable.
             st.durable_offset = end_offset;
         }
-        round.map(|r| (r, end_offset))
+        let round = round?;
+        let first_append = st.unrounded_since.take().unwrap_or_else(Instant::now);
+        Some(WantedRound {
+            round,
+            end_offset,
+            first_append,
+        })
     }
 
     async fn write_round(
         &self,
         file: &S::File,
         path: &Path,
-        (round, end_offset): (Round<<S::File as StorageFile>::Buffer>, u64),
+        wanted: WantedRound<<S::File as StorageFile>::Buffer>,
     ) -> Result<Written<<S::File as StorageFile>::Buffer>> {
+        let WantedRound {
+            round,
+            end_offset,
+            first_append,
+        } = wanted;
         self.wait_zeroing_clear(round.end_pos).await;
         let started = Instant::now();
         let Round { writes, end_pos } = round;
@@ -669,13 +695,20 @@ impl<S: Storage> Partition<S> {
             end_pos,
             end_offset,
             started,
+            waited: started.saturating_duration_since(first_append),
+            write_time: started.elapsed(),
             writes: kept,
         })
     }
 
     /// Publishes a written and fdatasynced round: moves the durable point, wakes waiters.
-    fn publish(&self, w: Written<<S::File as StorageFile>::Buffer>) {
+    fn publish(&self, w: Written<<S::File as StorageFile>::Buffer>, fdatasync_time: Duration) {
         let latency_us = u64::try_from(w.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.rounds.record(RoundTimes {
+            wait: w.waited,
+            write: w.write_time,
+            fdatasync: fdatasync_time,
+        });
         {
             let mut st = self.state.borrow_mut();
             assert!(w.end_pos >= st.durable_pos && w.end_offset >= st.durable_offset);
@@ -1066,11 +1099,23 @@ impl<S: Storage> Partition<S> {
     }
 }
 
+/// A round cut from the tail, not yet written.
+struct WantedRound<B> {
+    round: Round<B>,
+    end_offset: u64,
+    /// When the oldest append it carries was encoded.
+    first_append: Instant,
+}
+
 /// A round whose writes completed and whose fdatasync is pending.
 struct Written<B> {
     end_pos: u64,
     end_offset: u64,
     started: Instant,
+    /// From its oldest append until its writes were issued.
+    waited: Duration,
+    /// From issuing its writes until all completed.
+    write_time: Duration,
     /// The round's buffers, kept after publishing so tailing readers read them from memory.
     writes: Vec<(u64, Rc<B>)>,
 }

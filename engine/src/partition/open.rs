@@ -14,7 +14,9 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use super::tail::Tail;
-use super::{Fault, Partition, State, UNSYNCED_BYTES_MAX, ZeroFillBudget, new_segment};
+use super::{
+    Fault, Partition, State, SyncRoundRecorder, UNSYNCED_BYTES_MAX, ZeroFillBudget, new_segment,
+};
 use crate::checkpoint::{CHECKPOINT_FILE, CHECKPOINT_TMP_FILE, Checkpoint};
 use crate::error::{EngineError, Result};
 use crate::format::{BATCH_BYTES_MAX, BatchHeader};
@@ -493,6 +495,7 @@ impl<S: Storage> Partition<S> {
         config: PartitionConfig,
         storage: Rc<S>,
         zero_fill: Rc<ZeroFillBudget>,
+        rounds: Rc<SyncRoundRecorder>,
         create: bool,
     ) -> Result<Rc<Self>> {
         let ctx = Ctx {
@@ -521,7 +524,7 @@ impl<S: Storage> Partition<S> {
             (false, _) => ctx.recover(&bases).await?,
         };
         let healthy = recovered.fault.is_none();
-        let partition = Self::assemble(id, dir, config, storage, zero_fill, recovered);
+        let partition = Self::assemble(id, dir, config, storage, zero_fill, rounds, recovered);
         if healthy {
             partition.write_checkpoint().await?;
         }
@@ -534,6 +537,7 @@ impl<S: Storage> Partition<S> {
         config: PartitionConfig,
         storage: Rc<S>,
         zero_fill: Rc<ZeroFillBudget>,
+        rounds: Rc<SyncRoundRecorder>,
         r: Recovered<S::File>,
     ) -> Rc<Self> {
         let active = r
@@ -562,6 +566,7 @@ impl<S: Storage> Partition<S> {
             spawn_flusher: false,
             spawn_zero_fill: None,
             durable_bytes_since_checkpoint: 0,
+            unrounded_since: None,
             stats: PartitionStats::default(),
             segments: r.segments,
         };
@@ -571,6 +576,7 @@ impl<S: Storage> Partition<S> {
             config,
             storage,
             zero_fill,
+            rounds,
             me: me.clone(),
             state: RefCell::new(state),
             changed: Notify::default(),
