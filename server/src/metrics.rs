@@ -48,6 +48,10 @@ pub struct ShardMetrics {
     methods: RefCell<BTreeMap<(&'static str, &'static str), MethodStats>>,
     fetches: RefCell<BTreeMap<String, BTreeMap<u32, FetchStats>>>,
     security: SecurityStats,
+    /// The executor's run time so far. glommio's `executor_stats()` hands out the time since
+    /// its previous call and resets, so every read is added here: the exported counter never
+    /// goes backwards, however many scrapes there are.
+    busy: Cell<Duration>,
 }
 
 /// Security counters: no principal or token in any label (tokens never
@@ -60,6 +64,13 @@ struct SecurityStats {
 }
 
 impl ShardMetrics {
+    /// The executor's total run time (tasks and I/O polling) up to now.
+    fn busy_total(&self) -> Duration {
+        let since_last_read = glommio::executor().executor_stats().total_runtime();
+        self.busy.set(self.busy.get() + since_last_read);
+        self.busy.get()
+    }
+
     /// Records one finished call.
     pub(crate) fn record_call(
         &self,
@@ -472,7 +483,7 @@ pub fn render_shard(shard: &ShardContext) -> String {
             value,
         );
     }
-    let busy = glommio::executor().executor_stats().total_runtime();
+    let busy = shard.metrics.busy_total();
     sample(
         &mut out,
         "shardlog_shard_busy_seconds_total",

@@ -680,6 +680,23 @@ fn metrics_endpoint_reports_calls_and_partitions() {
         })
         .unwrap_or_else(|| panic!("no fetch counter for m/1:\n{text}"));
     assert!(fetched.ends_with("} 1"), "{fetched}");
+    // A counter: a second scrape never reads less than the first.
+    let busy_seconds = |text: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|line| line.starts_with("shardlog_shard_busy_seconds_total{shard=\"0\"}"))
+            .unwrap_or_else(|| panic!("no busy counter:\n{text}"));
+        line.rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("a number")
+    };
+    let first = busy_seconds(&text);
+    let second = busy_seconds(&common::http_get(&metrics_addr, "/metrics"));
+    assert!(
+        first > 0.0 && second >= first,
+        "busy went {first} -> {second}"
+    );
     assert!(common::http_get(&metrics_addr, "/nope").is_empty());
 }
 
