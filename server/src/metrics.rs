@@ -273,7 +273,7 @@ const FAMILIES: [(&str, &str, &str); 25] = [
     (
         "shardlog_shard_busy_seconds_total",
         "counter",
-        "CPU time the shard's executor spent running tasks.",
+        "Time the shard's executor spent running tasks and polling for I/O (not waiting idle).",
     ),
     (
         "shardlog_sync_round_wait_seconds",
