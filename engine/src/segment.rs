@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -211,12 +212,43 @@ pub(crate) struct Segment<F> {
     /// When the segment was created (for age-based rolling).
     pub created_ms: i64,
     pub index: SparseIndex,
-    /// Memory map of a sealed segment, made on first read.
+    /// Memory map of a sealed segment, made on first read (see [`Segment::counted_map`]).
     pub mapped: Option<Bytes>,
+    /// One clone per live map of this segment handed to readers, plus this one.
+    pub map_readers: Arc<()>,
     pub sealed: bool,
 }
 
+/// A segment's memory map as readers get it: every `Bytes` cut from it keeps `_readers`
+/// alive, so retention can tell whether a reader may still hold bytes of a retired file
+/// before it overwrites the file for reuse.
+struct CountedMap {
+    map: Bytes,
+    _readers: Arc<()>,
+}
+
+impl AsRef<[u8]> for CountedMap {
+    fn as_ref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
 impl<F: StorageFile> Segment<F> {
+    /// Wraps a fresh map of this segment so the bytes readers take from it are counted.
+    pub(crate) fn counted_map(&self, map: Bytes) -> Bytes {
+        Bytes::from_owner(CountedMap {
+            map,
+            _readers: self.map_readers.clone(),
+        })
+    }
+
+    /// Drops this segment's own map; then whether a reader may still hold bytes of the file
+    /// (a map cut from it, or its file handle). Only a segment held by nobody is recycled.
+    pub(crate) fn held_by_readers(&mut self) -> bool {
+        self.mapped = None;
+        Arc::strong_count(&self.map_readers) > 1 || Rc::strong_count(&self.file) > 1
+    }
+
     /// The persisted index image of the first `data_bytes` bytes.
     pub(crate) fn index_image(&self, data_bytes: u64, next_offset: u64) -> IndexImage {
         let mut index = self.index.clone();

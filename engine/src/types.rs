@@ -160,9 +160,12 @@ pub struct PartitionConfig {
     pub index_interval_bytes: u32,
     /// Write a checkpoint after this much new durable data (bounds recovery work).
     pub checkpoint_interval_bytes: u64,
-    /// Prepare a pre-zeroed spare segment in the background so a roll never writes into
-    /// unwritten extents.
+    /// Keep the active segment zero-filled ahead of the writer, in the background, so sync
+    /// rounds never allocate blocks.
     pub prezero_segments: bool,
+    /// Reuse a file retired by retention as the next segment (zero-filled by overwriting, which
+    /// allocates nothing) instead of deleting it.
+    pub recycle_segments: bool,
 }
 
 impl Default for PartitionConfig {
@@ -175,6 +178,7 @@ impl Default for PartitionConfig {
             index_interval_bytes: 16 * 1024,
             checkpoint_interval_bytes: 16 * 1024 * 1024,
             prezero_segments: true,
+            recycle_segments: true,
         }
     }
 }
@@ -196,8 +200,10 @@ pub struct PartitionStats {
     pub sync_latency_us_max: u64,
     /// Segments rolled.
     pub segment_rolls: u64,
-    /// Segments deleted by retention.
+    /// Segments deleted by retention (recycled ones included).
     pub segments_deleted: u64,
+    /// Segments started from a recycled file (see [`PartitionConfig::recycle_segments`]).
+    pub segments_recycled: u64,
     /// Checkpoints written.
     pub checkpoints: u64,
     /// Read windows served from the last sync round's buffers (no page fault, no disk read).

@@ -499,10 +499,11 @@ fn retention_by_size_and_age_moves_log_start() {
         };
         let p = s.open_partition(pid(), config, true).await.unwrap();
         fill(&p, 40, 3, 1000).await;
-        let before = p.size_bytes();
-        let deleted = p.enforce_retention(2000).await.unwrap();
-        assert!(deleted > 0);
-        assert!(p.size_bytes() <= 6000 && p.size_bytes() < before);
+        // Retention runs after every roll; an explicit pass settles the last one.
+        p.enforce_retention(2000).await.unwrap();
+        p.wait_idle_for_tests().await;
+        assert!(p.stats().segments_deleted > 0);
+        assert!(p.size_bytes() <= 6000);
         let start = p.offsets().log_start;
         assert!(start > 0);
         let err = p
@@ -885,5 +886,113 @@ fn every_sync_round_is_timed_in_the_shard_histograms() {
             assert_eq!(h.count, rounds, "{phase}");
             assert_eq!(h.bucket_counts.iter().sum::<u64>(), rounds, "{phase}");
         }
+    });
+}
+
+fn spare_exists(sim: &SimStorage) -> bool {
+    sim.file_names()
+        .iter()
+        .any(|path| path.ends_with("topics/orders/3/recycled.spare"))
+}
+
+#[test]
+fn retired_segments_are_recycled_as_later_segments() {
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let config = PartitionConfig {
+            retention_bytes_max: Some(6000),
+            ..small_config()
+        };
+        let p = s.open_partition(pid(), config.clone(), true).await.unwrap();
+        let batches = fill(&p, 80, 3, 1000).await;
+        p.wait_idle_for_tests().await;
+        let stats = p.stats();
+        // Retention runs after every roll; each retired file it keeps becomes a later segment.
+        assert!(stats.segment_rolls >= 6, "{stats:?}");
+        assert!(stats.segments_recycled >= 3, "{stats:?}");
+        assert!(
+            stats.segments_deleted >= stats.segments_recycled,
+            "{stats:?}"
+        );
+        assert!(p.size_bytes() <= 6000 + config.segment_bytes_max);
+        let start = p.offsets().log_start;
+        assert!(start > 0);
+        let check = |records: Vec<shardlog_engine::StoredRecord>| {
+            assert_eq!(records.len() as u64, 240 - start);
+            for r in records {
+                let (b, i) = (r.offset / 3, r.offset % 3);
+                assert_eq!(batches[b as usize].0, b * 3);
+                assert_eq!(r.value, Bytes::from(format!("value-b{b}-{i}")));
+            }
+        };
+        check(read_all(&p, start).await);
+        // A recycled active segment holds only zeros past its data: a crash and recovery see
+        // exactly the acknowledged log, and the spare (if any) is dropped on open.
+        drop(p);
+        drop(s);
+        sim.crash();
+        let s = shard(&sim);
+        let p = s.open_partition(pid(), config, false).await.unwrap();
+        assert_eq!(p.fault(), None);
+        assert_eq!(p.offsets().log_start, start);
+        assert_eq!(p.offsets().log_end, 240);
+        assert!(!spare_exists(&sim));
+        check(read_all(&p, start).await);
+        p.append(batch("after", 2, 1000), AckLevel::Durable)
+            .await
+            .unwrap();
+        assert_eq!(p.offsets().durable, 242);
+    });
+}
+
+#[test]
+fn a_retired_segment_a_reader_still_holds_is_deleted_not_recycled() {
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let p = s.open_partition(pid(), small_config(), true).await.unwrap();
+        fill(&p, 40, 3, 1000).await;
+        s.close().await.unwrap();
+        drop(p);
+        // Reopened with an age limit every sealed segment is past.
+        let config = PartitionConfig {
+            retention_age_ms_max: Some(500),
+            ..small_config()
+        };
+        let s = shard(&sim);
+        let p = s.open_partition(pid(), config, false).await.unwrap();
+        let mut held = Vec::new();
+        let mut next = 0;
+        while next < 120 {
+            let r = p
+                .read(
+                    next,
+                    ReadLimits {
+                        max_bytes: 1,
+                        max_records: 1,
+                    },
+                )
+                .await
+                .unwrap();
+            next = r.next_offset;
+            held.push(r);
+        }
+        assert!(p.enforce_retention(2000).await.unwrap() > 0);
+        p.wait_idle_for_tests().await;
+        assert!(
+            !spare_exists(&sim),
+            "a file a reader holds was kept for reuse"
+        );
+        for r in &held {
+            let (b, i) = (r.records[0].offset / 3, r.records[0].offset % 3);
+            assert_eq!(r.records[0].value, Bytes::from(format!("value-b{b}-{i}")));
+        }
+        assert_eq!(p.stats().segments_recycled, 0);
+        drop(held);
+        // With no reader left, segments retired after later rolls are reused.
+        fill(&p, 40, 3, 1000).await;
+        p.wait_idle_for_tests().await;
+        assert!(p.stats().segments_recycled > 0, "{:?}", p.stats());
     });
 }

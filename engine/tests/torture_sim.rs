@@ -3,9 +3,12 @@
 //! torn prefix of unsynced writes (some seeds also fail an fdatasync with EIO before the
 //! crash); the partition is recovered (sometimes crashing again in the
 //! middle of recovery) and checked:
-//! - every acknowledged durable batch is present at its acknowledged offsets, intact;
+//! - every acknowledged durable batch is present at its acknowledged offsets, intact (unless
+//!   retention, on in half the seeds, deleted it: then the log starts after it);
 //! - every visible record is one that was appended, whole batches only, in per-writer order,
 //!   never duplicated, with contiguous offsets (no partial or garbage record is visible);
+//! - with retention on, retired segment files are recycled in most seeds: crashes hit the
+//!   spare's rename, its zero-fill and the roll that renames it in;
 //! - a second recovery yields the same state; the same seed yields the same result.
 //!
 //! `SHARDLOG_TORTURE_SEEDS` overrides the seed count (default 2,000).
@@ -106,11 +109,16 @@ async fn read_everything(p: &shardlog_engine::Partition<SimStorage>) -> Vec<Stor
     }
 }
 
-fn check_log(records: &[StoredRecord], acks: &Acks) {
+/// Checks the log read from `log_start` (the first offset retention kept).
+fn check_log(records: &[StoredRecord], acks: &Acks, log_start: u64) {
     let mut last_batch: BTreeMap<u64, u64> = BTreeMap::new();
     let mut i = 0;
     while i < records.len() {
-        assert_eq!(records[i].offset, i as u64, "offsets contiguous from 0");
+        assert_eq!(
+            records[i].offset,
+            log_start + i as u64,
+            "offsets contiguous from the log start"
+        );
         let (w, b, r, n) = parse(&records[i].value);
         assert_eq!(r, 0, "a batch starts with its first record");
         assert!(
@@ -124,10 +132,10 @@ fn check_log(records: &[StoredRecord], acks: &Acks) {
         }
         i += n as usize;
     }
-    for (base, batch) in &acks.durable {
+    for (base, batch) in acks.durable.iter().filter(|(base, _)| *base >= log_start) {
         for (k, sent) in batch.records.iter().enumerate() {
             let got = records
-                .get(*base as usize + k)
+                .get((*base - log_start) as usize + k)
                 .expect("acknowledged record lost");
             assert_eq!(got.value, sent.value, "acknowledged record changed");
         }
@@ -183,8 +191,17 @@ async fn workload(
     acks
 }
 
-/// Runs one seed; returns a digest of the recovered log (for the determinism check).
-async fn run_seed(seed: u64) -> (u64, usize) {
+/// What one seed did.
+struct SeedOutcome {
+    /// Digest of the recovered log (for the determinism check).
+    digest: u64,
+    records: usize,
+    /// Segments the workload started from a recycled file before the crash.
+    recycled: u64,
+}
+
+/// Runs one seed.
+async fn run_seed(seed: u64) -> SeedOutcome {
     let mut rng = Rng(seed ^ 0x5eed);
     let sim = SimStorage::new(SimConfig {
         seed,
@@ -195,7 +212,13 @@ async fn run_seed(seed: u64) -> (u64, usize) {
         index_interval_bytes: 64 + rng.below(512) as u32,
         checkpoint_interval_bytes: 512 + rng.below(4096),
         prezero_segments: rng.below(2) == 0,
+        recycle_segments: rng.below(4) != 0,
         ..PartitionConfig::default()
+    };
+    let config = PartitionConfig {
+        retention_bytes_max: (rng.below(2) == 0)
+            .then(|| config.segment_bytes_max * (2 + rng.below(3))),
+        ..config
     };
     let idempotent = rng.below(2) == 0;
     let (shard, p) = open(&sim, &config).await.expect("fresh open");
@@ -206,6 +229,7 @@ async fn run_seed(seed: u64) -> (u64, usize) {
     }
     let acks = workload(p.clone(), &mut rng, idempotent).await;
     p.wait_idle_for_tests().await;
+    let recycled = p.stats().segments_recycled;
     drop(p);
     drop(shard);
     sim.crash();
@@ -220,8 +244,12 @@ async fn run_seed(seed: u64) -> (u64, usize) {
     let offsets = p.offsets();
     assert_eq!(offsets.durable, offsets.log_end, "seed {seed}");
     let records = read_everything(&p).await;
-    assert_eq!(records.len() as u64, offsets.log_end, "seed {seed}");
-    check_log(&records, &acks.borrow());
+    assert_eq!(
+        records.len() as u64,
+        offsets.log_end - offsets.log_start,
+        "seed {seed}"
+    );
+    check_log(&records, &acks.borrow(), offsets.log_start);
     drop(p);
     drop(shard);
     // A second recovery (after a clean crash) sees the same log.
@@ -232,7 +260,11 @@ async fn run_seed(seed: u64) -> (u64, usize) {
     let digest = records.iter().fold(0u64, |h, r| {
         h.rotate_left(5) ^ crc32fast_like(&r.value) ^ r.offset
     });
-    (digest, records.len())
+    SeedOutcome {
+        digest,
+        records: records.len(),
+        recycled,
+    }
 }
 
 fn crc32fast_like(b: &[u8]) -> u64 {
@@ -248,12 +280,17 @@ fn torture_crash_recovery_over_many_seeds() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(SEEDS_DEFAULT);
     run(move || async move {
-        let mut total_records = 0;
+        let (mut total_records, mut total_recycled) = (0, 0);
         for seed in 0..seeds {
-            let (_, n) = run_seed(seed).await;
-            total_records += n;
+            let outcome = run_seed(seed).await;
+            total_records += outcome.records;
+            total_recycled += outcome.recycled;
         }
         assert!(total_records > 0, "the workload wrote something");
+        assert!(
+            seeds < 100 || total_recycled > 0,
+            "no seed recycled a segment"
+        );
     });
 }
 
@@ -261,7 +298,12 @@ fn torture_crash_recovery_over_many_seeds() {
 fn torture_same_seed_same_result() {
     run(|| async {
         for seed in [3, 17, 99, 1234] {
-            assert_eq!(run_seed(seed).await, run_seed(seed).await, "seed {seed}");
+            let (first, second) = (run_seed(seed).await, run_seed(seed).await);
+            assert_eq!(
+                (first.digest, first.records),
+                (second.digest, second.records),
+                "seed {seed}"
+            );
         }
     });
 }

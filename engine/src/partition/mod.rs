@@ -11,6 +11,7 @@
 mod open;
 mod read;
 mod round_stats;
+mod spare;
 mod tail;
 mod zero_fill;
 
@@ -40,6 +41,8 @@ use crate::types::{
 use round_stats::RoundTimes;
 pub(crate) use round_stats::SyncRoundRecorder;
 pub use round_stats::{LatencyHistogram, SYNC_ROUND_BUCKETS_US, SyncRoundStats};
+pub(crate) use spare::SPARE_FILE_NAME;
+use spare::Spare;
 use tail::{Round, Tail};
 pub(crate) use zero_fill::ZeroFillBudget;
 use zero_fill::ZeroFillPermit;
@@ -109,6 +112,8 @@ struct State<F: StorageFile> {
     durable_bytes_since_checkpoint: u64,
     /// When the first append not yet taken by a sync round was encoded.
     unrounded_since: Option<Instant>,
+    /// A retired segment file being prepared as the next segment (see `spare.rs`).
+    spare: Spare<F>,
     stats: PartitionStats,
 }
 
@@ -749,7 +754,25 @@ impl<S: Storage> Partition<S> {
             st.stats.segment_rolls += 1;
         }
         self.changed.notify_all();
+        self.spawn_retention();
         Ok(())
+    }
+
+    /// Applies retention right after a roll (when configured), off the flusher: a segment it
+    /// retires can become the spare of the next roll, and disk use stays within one segment of
+    /// the limit instead of growing until the shard's next periodic pass.
+    fn spawn_retention(&self) {
+        let configured =
+            self.config.retention_bytes_max.is_some() || self.config.retention_age_ms_max.is_some();
+        let Some(me) = self.me.upgrade().filter(|_| configured) else {
+            return;
+        };
+        let now_ms = self.storage.now_ms();
+        self.storage.spawn_background(async move {
+            if let Err(e) = me.enforce_retention(now_ms).await {
+                tracing::warn!(partition = %me.id, error = %e, "retention after a roll failed");
+            }
+        });
     }
 
     /// Cuts the pre-zeroed slack, fdatasyncs and writes the sealed segment's index file.
@@ -782,12 +805,19 @@ impl<S: Storage> Partition<S> {
         Ok(())
     }
 
-    /// Creates the next segment and points the tail at it.
+    /// Starts the next segment (the spare, when one is ready; else a new file) and points the
+    /// tail at it.
     async fn start_segment(&self) -> Result<()> {
         let base_offset = self.state.borrow().log_end;
         let path = self.dir.join(segment_file_name(base_offset));
-        let file = Rc::new(self.open_file(&path, OpenMode::CreateTruncate).await?);
-        let prezeroed_to = self.prezero_new_segment(&*file, &path).await?;
+        let (file, prezeroed_to) = match self.take_ready_spare(&path).await? {
+            Some(spare) => spare,
+            None => {
+                let file = Rc::new(self.open_file(&path, OpenMode::CreateTruncate).await?);
+                let prezeroed_to = self.prezero_new_segment(&*file, &path).await?;
+                (file, prezeroed_to)
+            }
+        };
         self.sync_dir().await?;
         let now_ms = self.storage.now_ms();
         let mut st = self.state.borrow_mut();
@@ -972,28 +1002,62 @@ impl<S: Storage> Partition<S> {
 
     /// Deletes whole sealed segments beyond the size or age limits; returns how many.
     /// The active segment is never deleted; the log start moves to the first kept segment.
+    /// One retired file may be kept as the spare segment instead (see `spare.rs`).
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<u64> {
-        let doomed = self.take_expired_segments(now_ms);
+        let mut doomed = self.take_expired_segments(now_ms);
         let count = doomed.len() as u64;
-        for (base, path) in &doomed {
-            self.storage
-                .remove_file(path)
-                .await
-                .map_err(|e| EngineError::io("remove", path, e))?;
-            let index = self.dir.join(index_file_name(*base));
-            if let Err(e) = self.storage.remove_file(&index).await
-                && e.kind() != io::ErrorKind::NotFound
-            {
-                return Err(EngineError::io("remove", &index, e));
-            }
+        if count == 0 {
+            return Ok(0);
         }
-        if count > 0 {
-            self.sync_dir().await?;
+        let recycled = self.take_recyclable(&mut doomed);
+        match self.retire_files(recycled.as_ref(), &doomed).await {
+            Ok(Some(spare)) => self.spawn_spare_zeroing(spare),
+            Ok(None) => {}
+            Err(e) => {
+                if recycled.is_some() {
+                    self.state.borrow_mut().spare = Spare::Absent;
+                    self.changed.notify_all();
+                }
+                return Err(e);
+            }
         }
         Ok(count)
     }
 
-    fn take_expired_segments(&self, now_ms: i64) -> Vec<(u64, PathBuf)> {
+    /// Renames `recycled` to the spare's name, removes the other retired segments and every
+    /// retired index, and syncs the directory; returns the spare's path.
+    async fn retire_files(
+        &self,
+        recycled: Option<&Segment<S::File>>,
+        doomed: &[Segment<S::File>],
+    ) -> Result<Option<PathBuf>> {
+        let mut spare = None;
+        if let Some(segment) = recycled {
+            spare = Some(self.keep_as_spare(segment).await?);
+            self.remove_index_of(segment.base_offset).await?;
+        }
+        for segment in doomed {
+            self.storage
+                .remove_file(&segment.path)
+                .await
+                .map_err(|e| EngineError::io("remove", &segment.path, e))?;
+            self.remove_index_of(segment.base_offset).await?;
+        }
+        self.sync_dir().await?;
+        Ok(spare)
+    }
+
+    async fn remove_index_of(&self, base_offset: u64) -> Result<()> {
+        let index = self.dir.join(index_file_name(base_offset));
+        match self.storage.remove_file(&index).await {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(EngineError::io("remove", &index, e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn take_expired_segments(&self, now_ms: i64) -> Vec<Segment<S::File>> {
         let mut st = self.state.borrow_mut();
         let mut total: u64 = st.segments.iter().map(|s| s.data_bytes).sum();
         let mut doomed = Vec::new();
@@ -1017,7 +1081,7 @@ impl<S: Storage> Partition<S> {
             };
             assert!(segment.sealed, "retention reached the active segment");
             total -= segment.data_bytes;
-            doomed.push((segment.base_offset, segment.path));
+            doomed.push(segment);
         }
         st.stats.segments_deleted += doomed.len() as u64;
         doomed
@@ -1041,13 +1105,18 @@ impl<S: Storage> Partition<S> {
         Ok(())
     }
 
-    /// Waits until no flusher, zero-fill or checkpoint is running.
+    /// Waits until no flusher, zero-fill (of the active segment or the spare) or checkpoint
+    /// is running.
     pub(crate) async fn wait_idle(&self) {
         loop {
             let wait = self.changed.wait();
             {
                 let st = self.state.borrow();
-                if !st.flusher_running && st.zeroing.is_none() && !st.checkpoint_running {
+                if !st.flusher_running
+                    && st.zeroing.is_none()
+                    && !st.checkpoint_running
+                    && !matches!(st.spare, Spare::Zeroing)
+                {
                     return;
                 }
             }
@@ -1149,6 +1218,7 @@ fn new_segment<F: StorageFile>(
         created_ms: now_ms,
         index: Default::default(),
         mapped: None,
+        map_readers: Default::default(),
         sealed: false,
     }
 }
@@ -1172,10 +1242,16 @@ pub(crate) async fn prezero_new_segment<F: StorageFile>(
 /// Writes `len` zero bytes at `pos` (one request) and fdatasyncs.
 async fn zero_fill<F: StorageFile>(file: &F, pos: u64, len: u64) -> io::Result<()> {
     assert!(len as usize <= IO_REQUEST_BYTES_MAX);
-    let mut buf = file.alloc_buffer(len as usize);
-    buf.as_bytes_mut().fill(0);
-    file.write_at(Rc::new(buf), pos).await?;
+    file.write_at(Rc::new(zero_buffer(file, len as usize)), pos)
+        .await?;
     file.fdatasync().await
+}
+
+/// An aligned buffer of `len` zero bytes.
+fn zero_buffer<F: StorageFile>(file: &F, len: usize) -> F::Buffer {
+    let mut buf = file.alloc_buffer(len);
+    buf.as_bytes_mut().fill(0);
+    buf
 }
 
 type WriteFuture<'a> = Pin<Box<dyn Future<Output = io::Result<()>> + 'a>>;

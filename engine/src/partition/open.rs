@@ -15,7 +15,8 @@ use bytes::Bytes;
 
 use super::tail::Tail;
 use super::{
-    Fault, Partition, State, SyncRoundRecorder, UNSYNCED_BYTES_MAX, ZeroFillBudget, new_segment,
+    Fault, Partition, SPARE_FILE_NAME, State, SyncRoundRecorder, UNSYNCED_BYTES_MAX,
+    ZeroFillBudget, new_segment,
 };
 use crate::checkpoint::{CHECKPOINT_FILE, CHECKPOINT_TMP_FILE, Checkpoint};
 use crate::error::{EngineError, Result};
@@ -38,6 +39,11 @@ const SCAN_WINDOW_BYTES: usize = 4 * 1024 * 1024;
 const SCAN_WINDOW_BYTES_MIN: usize = 64 * 1024;
 /// Bytes past the recovered end that a crashed round may have touched: zero-filled on open.
 const TORN_ZONE_BYTES: u64 = UNSYNCED_BYTES_MAX + 2 * IO_ALIGN_BYTES as u64;
+/// Bytes past the torn zone searched for later synced data. Batches are contiguous and each
+/// starts with a non-zero length, so any window this long inside the data holds a batch
+/// start: searching further finds nothing a shorter search would miss (and a segment may be
+/// zero-filled to its full size, so the rest of the file can be large).
+const EVIDENCE_WINDOW_BYTES: u64 = BATCH_BYTES_MAX as u64 + IO_ALIGN_BYTES as u64;
 
 const _: () =
     assert!(SCAN_WINDOW_BYTES >= BATCH_BYTES_MAX && SCAN_WINDOW_BYTES_MIN <= SCAN_WINDOW_BYTES);
@@ -259,9 +265,11 @@ impl<S: Storage> Ctx<'_, S> {
             .await?;
         segment.data_bytes = out.end_pos;
         segment.next_offset = out.next_offset;
+        let evidence_from = out.end_pos + TORN_ZONE_BYTES;
+        let evidence_to = size.min(evidence_from + EVIDENCE_WINDOW_BYTES);
         if matches!(out.end, ScanEnd::TornTail(_) | ScanEnd::Clean)
             && self
-                .written_beyond(&segment.file, &path, out.end_pos + TORN_ZONE_BYTES, size)
+                .written_beyond(&segment.file, &path, evidence_from, evidence_to)
                 .await?
         {
             // Everything not yet durable lies within UNSYNCED_BYTES_MAX (+ padding) of the
@@ -325,8 +333,7 @@ impl<S: Storage> Ctx<'_, S> {
         Ok(page.to_vec())
     }
 
-    /// Whether any byte in `[from, to)` is non-zero (bounded: the active segment is zero-filled
-    /// at most a few MiB ahead of its data).
+    /// Whether any byte in `[from, to)` is non-zero.
     async fn written_beyond(
         &self,
         file: &S::File,
@@ -475,8 +482,10 @@ impl<S: Storage> Ctx<'_, S> {
         Ok(())
     }
 
+    /// Removes an unfinished checkpoint and a spare segment (possibly half zero-filled).
     async fn remove_leftovers(&self, names: &[String]) -> Result<()> {
-        for name in names.iter().filter(|n| n.as_str() == CHECKPOINT_TMP_FILE) {
+        let leftover = |n: &&String| [CHECKPOINT_TMP_FILE, SPARE_FILE_NAME].contains(&n.as_str());
+        for name in names.iter().filter(leftover) {
             let path = self.dir.join(name);
             self.storage
                 .remove_file(&path)
@@ -567,6 +576,7 @@ impl<S: Storage> Partition<S> {
             spawn_zero_fill: None,
             durable_bytes_since_checkpoint: 0,
             unrounded_since: None,
+            spare: super::Spare::Absent,
             stats: PartitionStats::default(),
             segments: r.segments,
         };

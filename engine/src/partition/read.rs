@@ -204,7 +204,7 @@ impl<S: Storage> Partition<S> {
                 .file
                 .map_readonly()
                 .map_err(|e| EngineError::io("mmap", &seg.path, e))?;
-            seg.mapped = Some(map);
+            seg.mapped = Some(seg.counted_map(map));
         }
         let map = seg.mapped.clone().unwrap_or_default();
         Ok(Some(Span {

@@ -10,6 +10,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
@@ -111,7 +112,8 @@ impl StorageFile for DmaStorageFile {
             return Ok(Bytes::new());
         }
         // SAFETY: the engine only reads mapped bytes below the durable point, which are never
-        // changed and never truncated away while the file lives.
+        // changed and never truncated away while the file lives; a retired segment file is
+        // overwritten for reuse only once no map of it is alive (`Segment::held_by_readers`).
         let map = unsafe { memmap2::MmapOptions::new().map(fd)? };
         Ok(Bytes::from_owner(map))
     }
@@ -254,5 +256,9 @@ impl Storage for DmaStorage {
             Ok(task) => drop(task.detach()),
             Err(e) => tracing::warn!(error = %e, "cannot spawn background work"),
         }
+    }
+
+    async fn pause(&self, duration: Duration) {
+        glommio::timer::sleep(duration).await;
     }
 }
