@@ -246,6 +246,9 @@ pub struct StorageConfig {
     /// Zero-fill new segments ahead of the writer (off the hot path), so syncs never pay for
     /// allocating blocks.
     pub prezero_segments: bool,
+    /// Reuse a segment file retired by retention as a later segment (zero-filled by
+    /// overwriting, in the background) instead of deleting it.
+    pub recycle_segments: bool,
 }
 
 /// Bounds on what one request may ask for.
@@ -354,6 +357,7 @@ impl Default for StorageConfig {
             retention_check_interval_ms: 30_000,
             topic_partitions_max: 4096,
             prezero_segments: true,
+            recycle_segments: true,
         }
     }
 }

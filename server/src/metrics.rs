@@ -164,7 +164,7 @@ impl shardlog_wire::server::CallObserver for MetricsObserver {
 }
 
 /// Metric families: name, type, help. Samples are grouped under them.
-const FAMILIES: [(&str, &str, &str); 25] = [
+const FAMILIES: [(&str, &str, &str); 27] = [
     (
         "grpc_requests_total",
         "counter",
@@ -219,6 +219,16 @@ const FAMILIES: [(&str, &str, &str); 25] = [
         "shardlog_partition_fsync_latency_us",
         "gauge",
         "Latency of the last sync round (writes issued to durable), microseconds.",
+    ),
+    (
+        "shardlog_partition_segment_rolls_total",
+        "counter",
+        "Active segments sealed and replaced by a new one.",
+    ),
+    (
+        "shardlog_partition_segments_recycled_total",
+        "counter",
+        "Segments started from a file retired by retention (no block allocation).",
     ),
     (
         "shardlog_partition_fetched_records_total",
@@ -414,7 +424,7 @@ pub fn render_shard(shard: &ShardContext) -> String {
             .and_then(|by_partition| by_partition.get(&pid.partition))
             .copied()
             .unwrap_or_default();
-        let gauges: [(&str, u64); 11] = [
+        let gauges: [(&str, u64); 13] = [
             ("shardlog_partition_log_start_offset", offsets.log_start),
             ("shardlog_partition_log_end_offset", offsets.log_end),
             ("shardlog_partition_durable_offset", offsets.durable),
@@ -435,6 +445,14 @@ pub fn render_shard(shard: &ShardContext) -> String {
             (
                 "shardlog_partition_fsync_latency_us",
                 stats.last_sync_latency_us,
+            ),
+            (
+                "shardlog_partition_segment_rolls_total",
+                stats.segment_rolls,
+            ),
+            (
+                "shardlog_partition_segments_recycled_total",
+                stats.segments_recycled,
             ),
             ("shardlog_partition_fetched_records_total", fetched.records),
             ("shardlog_partition_fetched_bytes_total", fetched.bytes),

@@ -113,6 +113,7 @@ impl ShardContext {
             retention_age_ms_max: non_zero(retention.retention_ms)
                 .or(non_zero(storage.retention_age_ms_max)),
             prezero_segments: storage.prezero_segments,
+            recycle_segments: storage.recycle_segments,
             ..PartitionConfig::default()
         }
     }

@@ -661,6 +661,8 @@ fn metrics_endpoint_reports_calls_and_partitions() {
         "shardlog_partition_log_end_offset{shard=",
         "topic=\"m\",partition=\"1\"} 1",
         "shardlog_partition_fsync_latency_us",
+        "# TYPE shardlog_partition_segments_recycled_total counter",
+        "shardlog_partition_segment_rolls_total{shard=",
         "shardlog_shard_busy_seconds_total{shard=\"1\"}",
         "shardlog_connections_active{shard=",
         "shardlog_connections_refused_total{shard=\"0\",cap=\"source_ip\"} 0",
