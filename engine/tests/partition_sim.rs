@@ -996,3 +996,36 @@ fn a_retired_segment_a_reader_still_holds_is_deleted_not_recycled() {
         assert!(p.stats().segments_recycled > 0, "{:?}", p.stats());
     });
 }
+
+#[test]
+fn only_segments_rolled_full_are_recycled() {
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let config = PartitionConfig {
+            segment_age_ms_max: 100,
+            retention_bytes_max: Some(1),
+            ..small_config()
+        };
+        let p = s.open_partition(pid(), config, true).await.unwrap();
+        // A cold partition: each segment rolls by age holding one small batch.
+        for i in 0..6 {
+            p.append(batch(&format!("cold{i}"), 1, 1000), AckLevel::Durable)
+                .await
+                .unwrap();
+            sim.advance_clock_ms(200);
+        }
+        p.wait_idle_for_tests().await;
+        let stats = p.stats();
+        assert!(
+            stats.segment_rolls >= 5 && stats.segments_deleted >= 4,
+            "{stats:?}"
+        );
+        assert_eq!(stats.segments_recycled, 0, "a cold partition kept a spare");
+        assert!(!spare_exists(&sim));
+        // The same partition turning hot rolls full segments, and those are reused.
+        fill(&p, 40, 3, 1000).await;
+        p.wait_idle_for_tests().await;
+        assert!(p.stats().segments_recycled > 0, "{:?}", p.stats());
+    });
+}

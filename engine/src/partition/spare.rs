@@ -16,8 +16,10 @@
 //! - A retired file is recycled only when no reader holds bytes of it
 //!   ([`Segment::held_by_readers`]); otherwise it is removed as before (a reader of an
 //!   unlinked file keeps its bytes).
-//! - At most one spare per partition. A spare left by a crash or a shutdown is removed on
-//!   open (`remove_leftovers`): it may be half zero-filled.
+//! - At most one spare per partition, and only a partition that rolls by size gets one: a
+//!   retired segment less than half full (rolled by age: a cold partition) is deleted, so cold
+//!   partitions never hold a segment's worth of zeros on disk. A spare left by a crash or a
+//!   shutdown is removed on open (`remove_leftovers`): it may be half zero-filled.
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -52,9 +54,10 @@ impl<S: Storage> Partition<S> {
         self.dir.join(SPARE_FILE_NAME)
     }
 
-    /// Picks one retired segment to recycle (when enabled, no spare exists and no reader holds
-    /// it) and marks the spare as being zero-filled. The caller renames it with
-    /// [`Self::keep_as_spare`], or sets the spare back to `Absent` if retiring fails.
+    /// Picks one retired segment to recycle (when enabled, no spare exists, the segment was
+    /// rolled full and no reader holds it) and marks the spare as being zero-filled. The caller
+    /// renames it with [`Self::keep_as_spare`], or sets the spare back to `Absent` if retiring
+    /// fails.
     pub(super) fn take_recyclable(
         &self,
         doomed: &mut Vec<Segment<S::File>>,
@@ -67,7 +70,10 @@ impl<S: Storage> Partition<S> {
         {
             return None;
         }
-        let i = doomed.iter_mut().position(|s| !s.held_by_readers())?;
+        let full = |s: &Segment<S::File>| s.data_bytes >= self.config.segment_bytes_max / 2;
+        let i = doomed
+            .iter_mut()
+            .position(|s| full(s) && !s.held_by_readers())?;
         st.spare = Spare::Zeroing;
         Some(doomed.swap_remove(i))
     }
