@@ -1,14 +1,15 @@
 //! Segment recycling: a segment retired by retention becomes the partition's next segment.
 //!
-//! On ext4 an O_DIRECT write into blocks never written before allocates: it takes the inode
-//! lock, runs on an io_uring worker instead of inline, and the next fdatasync waits for a
-//! journal commit. The active segment is therefore zero-filled ahead of the writer
-//! (`Partition::maybe_prezero`), but those allocating fills slow the rounds they run beside.
-//! Overwriting blocks that are already written does none of that. So when retention retires a
-//! segment, the partition keeps its file as a spare (renamed to [`SPARE_FILE_NAME`]),
-//! overwrites it with zeros in the background, paced, and the next roll renames it in as the
-//! new segment, already zero-filled to its full size. In steady state (retention on) no
-//! segment ever allocates.
+//! On ext4 an O_DIRECT write into blocks never written before allocates: io_uring runs it on a
+//! worker thread instead of inline (measured), and it most likely holds the inode lock and
+//! leaves a journal commit for the next fdatasync (inferred; docs/benchmarks.md, "Where the
+//! producer's tail comes from"). The active segment is therefore zero-filled ahead of the
+//! writer (`Partition::maybe_prezero`), but those allocating fills slow the rounds they run
+//! beside. Overwriting blocks that are already written does none of that. So when retention
+//! retires a segment, the partition keeps its file as a spare (renamed to
+//! [`SPARE_FILE_NAME`]), overwrites it with zeros in the background, paced, and the next roll
+//! renames it in as the new segment, already zero-filled to its full size. In steady state
+//! (retention on) no sync round writes into unallocated blocks.
 //!
 //! Invariants:
 //! - A segment file holds only its own batches and zeros: a spare is renamed in only after
@@ -35,8 +36,9 @@ pub(crate) const SPARE_FILE_NAME: &str = "recycled.spare";
 /// One zero-fill write of a spare (an overwrite: no allocation, no journal commit).
 const SPARE_ZERO_WRITE_BYTES: usize = 256 * 1024;
 /// Pause between two zero-fill writes of a spare: at most 512 MiB/s of zeros per partition
-/// (a 128 MiB segment takes 0.25 s), so the spare is ready well before a writer at disk speed
-/// fills the active segment, and each sync round's flush carries only a few of them.
+/// (a 128 MiB segment takes 0.25 s, against 1.2 s for a producer at 1 M records/s to fill
+/// one), so the spare is ready in time, and each sync round's flush carries only a few of
+/// them.
 const SPARE_ZERO_PAUSE: Duration = Duration::from_micros(500);
 
 /// The partition's spare segment file.
