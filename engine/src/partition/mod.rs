@@ -764,9 +764,10 @@ impl<S: Storage> Partition<S> {
     fn spawn_retention(&self) {
         let configured =
             self.config.retention_bytes_max.is_some() || self.config.retention_age_ms_max.is_some();
-        let Some(me) = self.me.upgrade().filter(|_| configured) else {
+        if !configured {
             return;
-        };
+        }
+        let Some(me) = self.me.upgrade() else { return };
         let now_ms = self.storage.now_ms();
         self.storage.spawn_background(async move {
             if let Err(e) = me.enforce_retention(now_ms).await {

@@ -1,8 +1,8 @@
 //! The storage I/O boundary: the only way the engine touches files, directories and the clock.
 //!
 //! The trait is deliberately narrow (open, aligned write, read, fdatasync, truncate, map,
-//! rename, remove, list, directory sync, a pause) and async with static dispatch (a type parameter,
-//! never `dyn`), so the production backend ([`DmaStorage`], O_DIRECT through io_uring) and the
+//! rename, remove, list, directory sync, a pause) and async with static dispatch (a type
+//! parameter, never `dyn`), so the production backend ([`DmaStorage`], O_DIRECT through io_uring) and the
 //! simulator ([`SimStorage`], deterministic, crash- and fault-injecting) are interchangeable.
 //! Everything here lives on one executor: nothing is `Send`.
 
