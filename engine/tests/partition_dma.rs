@@ -395,18 +395,12 @@ fn dma_retired_segments_are_recycled_zero_filled() {
         let stats = p.stats();
         assert!(stats.segments_recycled >= 2, "{stats:?}");
         // The active segment was a retired file: everything past its data is zero again.
-        let active = segment_files(&root).pop().unwrap();
-        let bytes = std::fs::read(&active).unwrap();
-        let data = usize::try_from(
-            p.size_bytes()
-                - segment_files(&root)[..]
-                    .iter()
-                    .rev()
-                    .skip(1)
-                    .map(|f| std::fs::metadata(f).unwrap().len())
-                    .sum::<u64>(),
-        )
-        .unwrap();
+        let files = segment_files(&root);
+        let (active, sealed) = files.split_last().unwrap();
+        let bytes = std::fs::read(active).unwrap();
+        // Sealed segments are cut to their data, so the active one holds the rest.
+        let sealed_bytes: u64 = sealed.iter().map(|f| f.metadata().unwrap().len()).sum();
+        let data = usize::try_from(p.size_bytes() - sealed_bytes).unwrap();
         assert_eq!(bytes.len() as u64, cfg.segment_bytes_max);
         assert!(
             bytes[data..].iter().all(|b| *b == 0),

@@ -358,6 +358,20 @@ fn config_file(contents: &str) -> (tempfile::TempDir, String) {
     (dir, path)
 }
 
+/// Creates a one-partition topic with 64 KiB segments and 256 KiB of retention.
+async fn create_short_lived_topic(log: &Log, topic: &str) {
+    let create = pb::CreateTopicRequest {
+        topic: topic.into(),
+        partition_count: 1,
+        retention: Some(pb::RetentionPolicy {
+            retention_bytes: 256 << 10,
+            retention_ms: 0,
+            segment_bytes: 64 << 10,
+        }),
+    };
+    let _: pb::CreateTopicResponse = log.unary("CreateTopic", &create).await.expect("create");
+}
+
 #[test]
 fn retention_moves_log_start_and_old_offsets_are_out_of_range() {
     let (_dir, config) = config_file("[storage]\nretention_check_interval_ms = 100\n");
@@ -365,16 +379,7 @@ fn retention_moves_log_start_and_old_offsets_are_out_of_range() {
     let addr = server.addr;
     block_on(move || async move {
         let log = Log::connect(addr).await;
-        let create = pb::CreateTopicRequest {
-            topic: "short".into(),
-            partition_count: 1,
-            retention: Some(pb::RetentionPolicy {
-                retention_bytes: 256 << 10,
-                retention_ms: 0,
-                segment_bytes: 64 << 10,
-            }),
-        };
-        let _: pb::CreateTopicResponse = log.unary("CreateTopic", &create).await.expect("create");
+        create_short_lived_topic(&log, "short").await;
         let value = Bytes::from(vec![1u8; 8 << 10]);
         for _ in 0..200 {
             let record = pb::Record {
@@ -593,16 +598,7 @@ fn retired_segments_are_recycled_and_kept_records_survive_a_crash() {
     let addr = server.addr;
     block_on(move || async move {
         let log = Log::connect(addr).await;
-        let create = pb::CreateTopicRequest {
-            topic: "reuse".into(),
-            partition_count: 1,
-            retention: Some(pb::RetentionPolicy {
-                retention_bytes: 256 << 10,
-                retention_ms: 0,
-                segment_bytes: 64 << 10,
-            }),
-        };
-        let _: pb::CreateTopicResponse = log.unary("CreateTopic", &create).await.expect("create");
+        create_short_lived_topic(&log, "reuse").await;
         for i in 0..200 {
             let record = pb::Record {
                 value: value(i),
