@@ -44,7 +44,7 @@ fn codec(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1000));
     g.bench_function("encode_1000x100B", |b| {
         let mut out = vec![0u8; encoded.len()];
-        b.iter(|| shardlog_engine::format::encode_batch_into(&mut out, 7, None, &recs))
+        b.iter(|| shardlog_engine::format::encode_batch_into(&mut out, 0, 7, None, &recs))
     });
     g.bench_function("decode_1000x100B", |b| {
         b.iter(|| {
@@ -57,7 +57,7 @@ fn codec(c: &mut Criterion) {
     let mib = vec![7u8; MIB];
     g.throughput(Throughput::Bytes(MIB as u64));
     g.bench_function("crc32_1MiB", |b| {
-        b.iter(|| shardlog_engine::format::crc32(&mib))
+        b.iter(|| shardlog_engine::format::crc32(0, &mib))
     });
     g.finish();
 }

@@ -8,7 +8,8 @@
 //! ```text
 //! batch header (56 bytes)
 //!  0 u32 batch_bytes        whole batch, header included
-//!  4 u32 crc32              crc32fast (IEEE) over bytes [8, batch_bytes)
+//!  4 u32 crc32              CRC32 (IEEE) over bytes [8, batch_bytes), seeded with the
+//!                           segment's salt (0: the plain CRC32; see `docs/format.md`)
 //!  8 u16 magic  0x4c53      "SL"
 //! 10 u8  version 1
 //! 11 u8  flags              bit 0: producer id/sequence present
@@ -93,9 +94,14 @@ pub enum FormatError {
     BadRecords(&'static str),
 }
 
-/// The batch checksum: CRC32 (IEEE, `crc32fast`) of `bytes`.
-pub fn crc32(bytes: &[u8]) -> u32 {
-    crc32fast::hash(bytes)
+/// The batch checksum: CRC32 (IEEE, `crc32fast`) of `bytes`, with `salt` as its initial value.
+///
+/// A segment's salt is private to the server (never sent to clients), so a client cannot
+/// write bytes that pass as a batch of a salted segment; salt 0 is the plain CRC32.
+pub fn crc32(salt: u32, bytes: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new_with_initial(salt);
+    hasher.update(bytes);
+    hasher.finalize()
 }
 
 /// Encoded size of one record.
@@ -133,13 +139,15 @@ impl Writer<'_> {
     }
 }
 
-/// Encodes a batch into `out[..batch_encoded_bytes(records)]` and returns the bytes written.
+/// Encodes a batch into `out[..batch_encoded_bytes(records)]`, its CRC seeded with `salt`, and
+/// returns the bytes written.
 ///
 /// Preconditions (asserted): `records` is not empty and `out` is at least
 /// `batch_encoded_bytes(records)` long and that is at most [`BATCH_BYTES_MAX`]. Callers validate
 /// the batch first (the partition does, returning typed errors).
 pub fn encode_batch_into(
     out: &mut [u8],
+    salt: u32,
     base_offset: u64,
     producer: Option<ProducerSeq>,
     records: &[Record],
@@ -176,7 +184,7 @@ pub fn encode_batch_into(
         encode_record(&mut w, record);
     }
     assert_eq!(w.pos, batch_bytes);
-    let crc = crc32fast::hash(&w.buf[8..batch_bytes]);
+    let crc = crc32(salt, &w.buf[8..batch_bytes]);
     w.buf[4..8].copy_from_slice(&crc.to_le_bytes());
     batch_bytes
 }
@@ -202,10 +210,21 @@ fn encode_record(w: &mut Writer<'_>, record: &Record) {
     }
 }
 
-/// Encodes a batch into a new `Bytes` (convenience for tests, parity checks and benches).
+/// Encodes an unsalted batch into a new `Bytes` (convenience for tests, parity checks and
+/// benches).
 pub fn encode_batch(base_offset: u64, producer: Option<ProducerSeq>, records: &[Record]) -> Bytes {
+    encode_salted_batch(0, base_offset, producer, records)
+}
+
+/// Encodes a batch with its CRC seeded with `salt` into a new `Bytes`.
+pub fn encode_salted_batch(
+    salt: u32,
+    base_offset: u64,
+    producer: Option<ProducerSeq>,
+    records: &[Record],
+) -> Bytes {
     let mut out = vec![0u8; batch_encoded_bytes(records)];
-    encode_batch_into(&mut out, base_offset, producer, records);
+    encode_batch_into(&mut out, salt, base_offset, producer, records);
     Bytes::from(out)
 }
 
@@ -296,8 +315,9 @@ pub fn decode_header(bytes: &[u8]) -> Result<BatchHeader, FormatError> {
     })
 }
 
-/// Checks the header and CRC of the batch at the start of `bytes`; returns the header.
-pub fn check_batch(bytes: &[u8]) -> Result<BatchHeader, FormatError> {
+/// Checks the header and the CRC (seeded with `salt`) of the batch at the start of `bytes`;
+/// returns the header.
+pub fn check_batch(bytes: &[u8], salt: u32) -> Result<BatchHeader, FormatError> {
     let header = decode_header(bytes)?;
     let len = header.batch_bytes as usize;
     if bytes.len() < len {
@@ -306,7 +326,7 @@ pub fn check_batch(bytes: &[u8]) -> Result<BatchHeader, FormatError> {
             available: bytes.len(),
         });
     }
-    let computed = crc32fast::hash(&bytes[8..len]);
+    let computed = crc32(salt, &bytes[8..len]);
     if computed != header.crc {
         return Err(FormatError::BadCrc {
             stored: header.crc,
@@ -324,10 +344,16 @@ pub struct BatchView {
 }
 
 impl BatchView {
-    /// Verifies the batch at the start of `bytes` (header, CRC, record structure) and keeps a
-    /// zero-copy slice of exactly its bytes. Cost: one CRC pass and one walk over the records.
+    /// Verifies the unsalted batch at the start of `bytes`; see [`Self::parse_salted`].
     pub fn parse(bytes: &Bytes) -> Result<BatchView, FormatError> {
-        let header = check_batch(bytes)?;
+        Self::parse_salted(bytes, 0)
+    }
+
+    /// Verifies the batch at the start of `bytes` (header, CRC seeded with `salt`, record
+    /// structure) and keeps a zero-copy slice of exactly its bytes. Cost: one CRC pass and one
+    /// walk over the records.
+    pub fn parse_salted(bytes: &Bytes, salt: u32) -> Result<BatchView, FormatError> {
+        let header = check_batch(bytes, salt)?;
         let view = BatchView {
             header,
             bytes: bytes.slice(..header.batch_bytes as usize),
@@ -573,11 +599,32 @@ mod tests {
     }
 
     #[test]
+    fn salt_zero_is_the_plain_crc32_and_a_salted_batch_needs_its_salt() {
+        let records = [record(Some(b"k"), b"value", 5, &[])];
+        let plain = encode_batch(9, None, &records);
+        assert_eq!(
+            u32::from_le_bytes(plain[4..8].try_into().unwrap()),
+            crc32fast::hash(&plain[8..]),
+            "unsalted segments written before salts existed must still verify"
+        );
+        let salted = encode_salted_batch(0x5eed_1234, 9, None, &records);
+        assert_eq!(salted[8..], plain[8..], "only the CRC differs");
+        assert!(BatchView::parse_salted(&salted, 0x5eed_1234).is_ok());
+        for other in [0, 1, 0x5eed_1235, u32::MAX] {
+            assert!(matches!(
+                BatchView::parse_salted(&salted, other),
+                Err(FormatError::BadCrc { .. })
+            ));
+        }
+        assert!(BatchView::parse_salted(&plain, 0x5eed_1234).is_err());
+    }
+
+    #[test]
     fn truncation_and_zero_are_typed() {
         let bytes = encode_batch(1, None, &[record(None, b"abc", 1, &[])]);
         assert_eq!(decode_header(&[0u8; 64]), Err(FormatError::Zero));
         for cut in 0..bytes.len() {
-            assert!(check_batch(&bytes[..cut]).is_err());
+            assert!(check_batch(&bytes[..cut], 0).is_err());
         }
         assert!(matches!(
             decode_header(&[1, 0, 0, 0]),
@@ -645,7 +692,7 @@ mod tests {
             let mut v = encode_batch(0, None, &records).to_vec();
             let at = BATCH_HEADER_BYTES + at % (v.len() - BATCH_HEADER_BYTES);
             v[at] = byte;
-            let crc = crc32fast::hash(&v[8..]);
+            let crc = crc32(0, &v[8..]);
             v[4..8].copy_from_slice(&crc.to_le_bytes());
             let bytes = Bytes::from(v);
             if let Ok(view) = BatchView::parse(&bytes) {

@@ -27,7 +27,7 @@ pub use partition::{
     LatencyHistogram, Partition, SYNC_ROUND_BUCKETS_US, SyncRoundStats, ZERO_FILLS_PER_SHARD_MAX,
     ZeroFillStats,
 };
-pub use recovery::{ScanEnd, ScanOutcome, scan_batches};
+pub use recovery::{SaltedSearch, ScanEnd, ScanOutcome, find_salted_batch, scan_batches};
 pub use shard::Shard;
 pub use storage::{DmaStorage, IoBuffer, OpenMode, SimConfig, SimStorage, Storage, StorageFile};
 pub use types::{

@@ -1,6 +1,11 @@
 //! Segments: one file per run of offsets, named by base offset, with a sparse in-memory index
 //! (offset -> byte position, plus the running maximum timestamp for time lookups).
 //!
+//! A segment made from a recycled file is salted: its name carries a random, nonzero salt
+//! (`<base>.<salt as 8 hex digits>.log`) that seeds the CRC of every batch in it, because the
+//! file may still hold an earlier life's bytes past its data (see `partition/spare.rs`).
+//! A segment created as a new file is unsalted (`<base>.log`, salt 0): past its data it is zero.
+//!
 //! A sealed segment's index is persisted next to it (`<base>.index`); the active segment's
 //! index travels in the checkpoint. Either is rebuilt from the segment if missing or damaged.
 
@@ -38,9 +43,16 @@ pub(crate) fn align_up(v: u64) -> u64 {
     align_down(v + IO_ALIGN_BYTES as u64 - 1)
 }
 
-/// File name of the segment starting at `base_offset`.
-pub(crate) fn segment_file_name(base_offset: u64) -> String {
-    format!("{base_offset:0SEGMENT_NAME_DIGITS$}{SEGMENT_SUFFIX}")
+/// Hex digits of a salt in a salted segment's file name.
+const SALT_NAME_DIGITS: usize = 8;
+
+/// File name of the segment starting at `base_offset` whose batch CRCs are seeded with `salt`.
+pub(crate) fn segment_file_name(base_offset: u64, salt: u32) -> String {
+    if salt == 0 {
+        format!("{base_offset:0SEGMENT_NAME_DIGITS$}{SEGMENT_SUFFIX}")
+    } else {
+        format!("{base_offset:0SEGMENT_NAME_DIGITS$}.{salt:0SALT_NAME_DIGITS$x}{SEGMENT_SUFFIX}")
+    }
 }
 
 /// File name of the index of the segment starting at `base_offset`.
@@ -48,13 +60,24 @@ pub(crate) fn index_file_name(base_offset: u64) -> String {
     format!("{base_offset:0SEGMENT_NAME_DIGITS$}{INDEX_SUFFIX}")
 }
 
-/// Parses a segment file name back to its base offset.
-pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+/// Parses a segment file name back to its base offset and salt.
+pub(crate) fn parse_segment_name(name: &str) -> Option<(u64, u32)> {
+    let stem = name.strip_suffix(SEGMENT_SUFFIX)?;
+    let (digits, salt) = match stem.split_once('.') {
+        None => (stem, 0),
+        Some((digits, hex)) => {
+            let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+            if hex.len() != SALT_NAME_DIGITS || !hex.bytes().all(lower_hex) {
+                return None;
+            }
+            let salt = u32::from_str_radix(hex, 16).ok().filter(|s| *s != 0)?;
+            (digits, salt)
+        }
+    };
     if digits.len() != SEGMENT_NAME_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    Some((digits.parse().ok()?, salt))
 }
 
 /// One sparse index entry: the batch starting at `pos` has base offset `offset`; every batch
@@ -201,6 +224,8 @@ impl IndexImage {
 #[derive(Debug)]
 pub(crate) struct Segment<F> {
     pub base_offset: u64,
+    /// Seed of every batch CRC in this segment; nonzero only for a recycled file.
+    pub salt: u32,
     pub path: PathBuf,
     pub file: Rc<F>,
     /// End of the batches written into this segment (unsynced included for the active one).
@@ -296,11 +321,27 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        assert_eq!(segment_file_name(42), "00000000000000000042.log");
-        assert_eq!(parse_segment_name("00000000000000000042.log"), Some(42));
+        assert_eq!(segment_file_name(42, 0), "00000000000000000042.log");
+        assert_eq!(
+            parse_segment_name("00000000000000000042.log"),
+            Some((42, 0))
+        );
+        assert_eq!(
+            segment_file_name(42, 0x0bad_cafe),
+            "00000000000000000042.0badcafe.log"
+        );
+        assert_eq!(
+            parse_segment_name("00000000000000000042.0badcafe.log"),
+            Some((42, 0x0bad_cafe))
+        );
         assert_eq!(parse_segment_name("0000000000000000042.log"), None);
         assert_eq!(parse_segment_name("0000000000000000004x.log"), None);
         assert_eq!(parse_segment_name("00000000000000000042.index"), None);
+        // A salt is 8 lowercase hex digits and never 0 (0 is spelled without one).
+        for bad in ["0badcaf", "0BADCAFE", "00000000", "0badcafe0", "+badcafe"] {
+            let name = format!("00000000000000000042.{bad}.log");
+            assert_eq!(parse_segment_name(&name), None, "{name}");
+        }
     }
 
     #[test]

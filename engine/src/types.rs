@@ -163,8 +163,9 @@ pub struct PartitionConfig {
     /// Keep the active segment zero-filled ahead of the writer, in the background, so sync
     /// rounds never allocate blocks.
     pub prezero_segments: bool,
-    /// Reuse a file retired by retention as the next segment (zero-filled by overwriting, which
-    /// allocates nothing) instead of deleting it.
+    /// Reuse a file retired by retention as the next segment, as it is, under a new CRC salt
+    /// (its blocks are written already, so writes into it allocate nothing) instead of
+    /// deleting it.
     pub recycle_segments: bool,
 }
 

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use common::{batch, fill, read_all, record, run};
-use shardlog_engine::format::{BatchView, encode_batch};
+use shardlog_engine::format::{BatchView, encode_batch, encode_salted_batch};
 use shardlog_engine::{
-    AckLevel, AppendBatch, EngineError, PartitionConfig, PartitionId, ProducerSeq, ReadLimits,
-    Shard, SimConfig, SimStorage,
+    AckLevel, AppendBatch, EngineError, OpenMode, PartitionConfig, PartitionId, ProducerSeq,
+    ReadLimits, Shard, SimConfig, SimStorage, Storage,
 };
 
 fn small_config() -> PartitionConfig {
@@ -927,8 +927,8 @@ fn retired_segments_are_recycled_as_later_segments() {
             }
         };
         check(read_all(&p, start).await);
-        // A recycled active segment holds only zeros past its data: a crash and recovery see
-        // exactly the acknowledged log, and the spare (if any) is dropped on open.
+        // A recycled active segment holds its earlier life's bytes past its data: a crash and
+        // recovery see exactly the acknowledged log, and the spare (if any) is dropped on open.
         drop(p);
         drop(s);
         sim.crash();
@@ -1027,5 +1027,114 @@ fn only_segments_rolled_full_are_recycled() {
         fill(&p, 40, 3, 1000).await;
         p.wait_idle_for_tests().await;
         assert!(p.stats().segments_recycled > 0, "{:?}", p.stats());
+    });
+}
+
+const SALT: u32 = 0x5a17_0001;
+/// Past this many bytes after a torn tail, recovery looks for later synced data (8 MiB of
+/// unsynced bytes at most, plus padding).
+const PAST_TORN_ZONE: usize = 8 * 1024 * 1024 + 64 * 1024;
+
+/// Leaves partition orders/3 as a crash right after a roll to a recycled file would: segment 0
+/// sealed (cut to its data: offsets 0..4) and `<4>.<SALT>.log` active, holding `active`.
+async fn crash_into_recycled_segment(sim: &SimStorage, config: &PartitionConfig, active: Vec<u8>) {
+    let s = shard(sim);
+    let p = s.open_partition(pid(), config.clone(), true).await.unwrap();
+    fill(&p, 2, 2, 1).await;
+    let data_bytes = p.size_bytes() as usize;
+    s.close().await.unwrap();
+    drop(p);
+    let sealed = segment_path(0);
+    let mut bytes = sim.file_contents(&sealed).unwrap();
+    bytes.truncate(data_bytes);
+    assert!(sim.set_file_contents(&sealed, bytes));
+    let path = PathBuf::from(format!("/data/topics/orders/3/{:020}.{SALT:08x}.log", 4));
+    sim.open(&path, OpenMode::CreateTruncate).await.unwrap();
+    sim.sync_dir(path.parent().unwrap()).await.unwrap();
+    assert!(sim.set_file_contents(&path, active));
+}
+
+/// An earlier life's bytes: old batches (offsets below 4), `len` bytes of them.
+fn stale_bytes(len: usize) -> Vec<u8> {
+    let mut old = batch("old", 1, 1);
+    old.records[0].value = Bytes::from(vec![0x11; 4000]);
+    let mut v = Vec::new();
+    while v.len() < len {
+        v.extend_from_slice(&encode_batch(0, None, &old.records));
+    }
+    v.truncate(len);
+    v
+}
+
+#[test]
+fn a_batch_planted_in_a_recycled_segments_stale_bytes_is_not_taken_for_later_data() {
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let config = PartitionConfig {
+            segment_bytes_max: 64 << 20,
+            ..small_config()
+        };
+        // The new life: two records (offsets 4, 5), then half a batch a crash cut.
+        let mut active = encode_salted_batch(SALT, 4, None, &batch("kept", 2, 1).records).to_vec();
+        let torn = encode_salted_batch(SALT, 6, None, &batch("torn", 2, 1).records);
+        active.extend_from_slice(&torn[..torn.len() / 2]);
+        // The earlier life, where a client's record value held a well-formed (unsalted) batch
+        // with an offset that would plausibly follow: 7.
+        let mut planted = batch("planted", 1, 1);
+        planted.records[0].value = encode_batch(7, None, &batch("forged", 3, 1).records);
+        let mut file = stale_bytes(PAST_TORN_ZONE);
+        file[..active.len()].copy_from_slice(&active);
+        file.extend_from_slice(&encode_batch(1, None, &planted.records));
+        file.extend(stale_bytes(1 << 20));
+        crash_into_recycled_segment(&sim, &config, file).await;
+
+        let s = shard(&sim);
+        let p = s.open_partition(pid(), config, false).await.unwrap();
+        assert_eq!(
+            p.fault(),
+            None,
+            "stale and planted bytes are not later data"
+        );
+        assert_eq!(p.offsets().log_end, 6, "the torn batch is cut");
+        let values: Vec<Bytes> = read_all(&p, 0).await.into_iter().map(|r| r.value).collect();
+        assert_eq!(values.len(), 6);
+        assert_eq!(values[4], Bytes::from("value-kept-0"));
+        p.append(batch("next", 1, 1), AckLevel::Durable)
+            .await
+            .unwrap();
+        let last = read_all(&p, 6).await;
+        assert_eq!(last.len(), 1);
+        assert_eq!(last[0].value, Bytes::from("value-next-0"));
+    });
+}
+
+#[test]
+fn corruption_in_a_recycled_segment_with_later_synced_batches_is_not_a_torn_tail() {
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let config = PartitionConfig {
+            segment_bytes_max: 64 << 20,
+            ..small_config()
+        };
+        // Acknowledged batches of 64 KiB reaching past the torn zone, over stale bytes.
+        let mut big = batch("big", 1, 1);
+        big.records[0].value = Bytes::from(vec![7; 64 * 1024]);
+        let mut active = Vec::new();
+        let mut offset = 4;
+        while active.len() < PAST_TORN_ZONE + (1 << 20) {
+            active.extend_from_slice(&encode_salted_batch(SALT, offset, None, &big.records));
+            offset += 1;
+        }
+        active.extend(stale_bytes(1 << 20));
+        active[100_000] ^= 0x10; // inside the second batch
+        crash_into_recycled_segment(&sim, &config, active).await;
+        let path = PathBuf::from(format!("/data/topics/orders/3/{:020}.{SALT:08x}.log", 4));
+        let before = sim.file_contents(&path).unwrap();
+
+        let s = shard(&sim);
+        let p = s.open_partition(pid(), config, false).await.unwrap();
+        let fault = p.fault().expect("acknowledged data is corrupt");
+        assert!(fault.contains("later synced rounds"), "{fault}");
+        assert_eq!(sim.file_contents(&path).unwrap(), before, "nothing was cut");
     });
 }

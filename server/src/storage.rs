@@ -161,4 +161,8 @@ impl Storage for ServerStorage {
     async fn pause(&self, duration: Duration) {
         self.inner.pause(duration).await
     }
+
+    fn random_u32(&self) -> io::Result<u32> {
+        self.inner.random_u32()
+    }
 }

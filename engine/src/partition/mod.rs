@@ -42,7 +42,7 @@ use round_stats::RoundTimes;
 pub(crate) use round_stats::SyncRoundRecorder;
 pub use round_stats::{LatencyHistogram, SYNC_ROUND_BUCKETS_US, SyncRoundStats};
 pub(crate) use spare::SPARE_FILE_NAME;
-use spare::Spare;
+use spare::{Recycled, Spare};
 use tail::{Round, Tail};
 pub(crate) use zero_fill::ZeroFillBudget;
 use zero_fill::ZeroFillPermit;
@@ -93,8 +93,9 @@ struct State<F: StorageFile> {
     fault: Option<Fault>,
     closed: bool,
     producers: ProducerTable,
-    /// The active segment is zero-filled and synced up to here.
-    prezeroed_to: u64,
+    /// The active segment's blocks are written (zero-filled, or a recycled file's earlier
+    /// life) up to here: writes below it allocate nothing.
+    allocated_to: u64,
     /// Start of the zero-fill in flight, if any.
     zeroing: Option<u64>,
     /// Bytes made durable by the last sync round.
@@ -112,7 +113,7 @@ struct State<F: StorageFile> {
     durable_bytes_since_checkpoint: u64,
     /// When the first append not yet taken by a sync round was encoded.
     unrounded_since: Option<Instant>,
-    /// A retired segment file being prepared as the next segment (see `spare.rs`).
+    /// A retired segment file kept as the next segment (see `spare.rs`).
     spare: Spare<F>,
     stats: PartitionStats,
 }
@@ -417,9 +418,9 @@ impl<S: Storage> Partition<S> {
 
     fn encode(&self, st: &mut State<S::File>, batch: &AppendBatch, batch_bytes: usize) -> Appended {
         let base_offset = st.log_end;
-        let file = st.active().file.clone();
+        let (file, salt) = (st.active().file.clone(), st.active().salt);
         let (out, pos) = st.tail.reserve(&*file, batch_bytes);
-        let written = encode_batch_into(out, base_offset, batch.producer, &batch.records);
+        let written = encode_batch_into(out, salt, base_offset, batch.producer, &batch.records);
         assert_eq!(written, batch_bytes);
         st.tail.commit(written);
         let record_count = batch.records.len() as u32;
@@ -810,25 +811,38 @@ impl<S: Storage> Partition<S> {
     /// tail at it.
     async fn start_segment(&self) -> Result<()> {
         let base_offset = self.state.borrow().log_end;
-        let path = self.dir.join(segment_file_name(base_offset));
-        let (file, prezeroed_to) = match self.take_ready_spare(&path).await? {
-            Some(spare) => spare,
+        let (path, segment) = match self.take_ready_spare(base_offset).await? {
+            Some(recycled) => recycled,
             None => {
+                let path = self.dir.join(segment_file_name(base_offset, 0));
                 let file = Rc::new(self.open_file(&path, OpenMode::CreateTruncate).await?);
-                let prezeroed_to = self.prezero_new_segment(&*file, &path).await?;
-                (file, prezeroed_to)
+                let allocated_to = self.prezero_new_segment(&*file, &path).await?;
+                let salt = 0;
+                (
+                    path,
+                    Recycled {
+                        file,
+                        salt,
+                        allocated_to,
+                    },
+                )
             }
         };
+        let Recycled {
+            file,
+            salt,
+            allocated_to,
+        } = segment;
         self.sync_dir().await?;
         let now_ms = self.storage.now_ms();
         let mut st = self.state.borrow_mut();
         st.tail = Tail::new(&*file, 0, &[]);
         st.durable_pos = 0;
-        st.prezeroed_to = prezeroed_to;
+        st.allocated_to = allocated_to;
         st.recent_writes.clear();
         st.read_hint = None;
         st.segments
-            .push_back(new_segment(base_offset, path, file, now_ms));
+            .push_back(new_segment(base_offset, salt, path, file, now_ms));
         Ok(())
     }
 
@@ -847,13 +861,13 @@ impl<S: Storage> Partition<S> {
         }
         let written = align_up(st.tail.written_pos());
         let limit = align_up(self.config.segment_bytes_max);
-        if st.prezeroed_to >= written + PREZERO_LOW_WATER_BYTES {
+        if st.allocated_to >= written + PREZERO_LOW_WATER_BYTES {
             return; // enough zero-filled space ahead
         }
         // Contiguous with the zero-filled part while the writer is inside it; after a burst of
         // big rounds outran it, restart a gap ahead so imminent rounds need not wait.
-        let start = if st.prezeroed_to >= written {
-            st.prezeroed_to
+        let start = if st.allocated_to >= written {
+            st.allocated_to
         } else {
             written + PREZERO_GAP_BYTES
         };
@@ -888,7 +902,7 @@ impl<S: Storage> Partition<S> {
             let mut st = self.state.borrow_mut();
             st.zeroing = None;
             match result {
-                Ok(()) if Rc::ptr_eq(&st.active().file, &file) => st.prezeroed_to = start + len,
+                Ok(()) if Rc::ptr_eq(&st.active().file, &file) => st.allocated_to = start + len,
                 Ok(()) => {}
                 Err(e) => {
                     tracing::warn!(partition = %self.id, path = ?path, error = %e, "zero-fill failed")
@@ -1011,30 +1025,29 @@ impl<S: Storage> Partition<S> {
             return Ok(0);
         }
         let recycled = self.take_recyclable(&mut doomed);
-        match self.retire_files(recycled.as_ref(), &doomed).await {
-            Ok(Some(spare)) => self.spawn_spare_zeroing(spare),
-            Ok(None) => {}
-            Err(e) => {
-                if recycled.is_some() {
-                    self.state.borrow_mut().spare = Spare::Absent;
-                    self.changed.notify_all();
-                }
-                return Err(e);
+        let mut retired = self.retire_files(recycled.as_ref(), &doomed).await;
+        if let (Ok(()), Some(segment)) = (&retired, &recycled) {
+            retired = self.open_spare(segment.salt).await;
+        }
+        if let Err(e) = retired {
+            if recycled.is_some() {
+                self.state.borrow_mut().spare = Spare::Absent;
+                self.changed.notify_all();
             }
+            return Err(e);
         }
         Ok(count)
     }
 
     /// Renames `recycled` to the spare's name, removes the other retired segments and every
-    /// retired index, and syncs the directory; returns the spare's path.
+    /// retired index, and syncs the directory.
     async fn retire_files(
         &self,
         recycled: Option<&Segment<S::File>>,
         doomed: &[Segment<S::File>],
-    ) -> Result<Option<PathBuf>> {
-        let mut spare = None;
+    ) -> Result<()> {
         if let Some(segment) = recycled {
-            spare = Some(self.keep_as_spare(segment).await?);
+            self.keep_as_spare(segment).await?;
             self.remove_index_of(segment.base_offset).await?;
         }
         for segment in doomed {
@@ -1044,8 +1057,7 @@ impl<S: Storage> Partition<S> {
                 .map_err(|e| EngineError::io("remove", &segment.path, e))?;
             self.remove_index_of(segment.base_offset).await?;
         }
-        self.sync_dir().await?;
-        Ok(spare)
+        self.sync_dir().await
     }
 
     async fn remove_index_of(&self, base_offset: u64) -> Result<()> {
@@ -1106,8 +1118,7 @@ impl<S: Storage> Partition<S> {
         Ok(())
     }
 
-    /// Waits until no flusher, zero-fill (of the active segment or the spare) or checkpoint
-    /// is running.
+    /// Waits until no flusher, zero-fill, spare preparation or checkpoint is running.
     pub(crate) async fn wait_idle(&self) {
         loop {
             let wait = self.changed.wait();
@@ -1116,7 +1127,7 @@ impl<S: Storage> Partition<S> {
                 if !st.flusher_running
                     && st.zeroing.is_none()
                     && !st.checkpoint_running
-                    && !matches!(st.spare, Spare::Zeroing)
+                    && !matches!(st.spare, Spare::Preparing)
                 {
                     return;
                 }
@@ -1205,12 +1216,14 @@ enum Job {
 
 fn new_segment<F: StorageFile>(
     base_offset: u64,
+    salt: u32,
     path: PathBuf,
     file: Rc<F>,
     now_ms: i64,
 ) -> Segment<F> {
     Segment {
         base_offset,
+        salt,
         path,
         file,
         data_bytes: 0,

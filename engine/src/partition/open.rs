@@ -5,6 +5,11 @@
 //! any sealed segment whose index is missing or damaged). The scan's verdicts come from the
 //! decision table in `recovery.rs`. A torn tail is cut by zero-filling the bytes a crashed
 //! round could have touched; corruption leaves every byte as it is and faults the partition.
+//!
+//! Past the torn zone, later synced data is the proof that an invalid batch was acknowledged
+//! (corruption, not a torn tail). In an unsalted segment any non-zero byte there is such data;
+//! in a salted one (a recycled file) only a batch of this segment is: see
+//! `recovery::find_salted_batch`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -23,7 +28,7 @@ use crate::error::{EngineError, Result};
 use crate::format::{BATCH_BYTES_MAX, BatchHeader};
 use crate::notify::Notify;
 use crate::producer::{ProducerBatch, ProducerTable};
-use crate::recovery::{ScanEnd, ScanOutcome, scan_batches};
+use crate::recovery::{SaltedSearch, ScanEnd, ScanOutcome, find_salted_batch, scan_batches};
 use crate::segment::{
     IndexEntry, IndexImage, Segment, SparseIndex, align_down, align_up, index_file_name,
     parse_segment_name, read_whole_file, segment_file_name, write_whole_file,
@@ -41,9 +46,15 @@ const SCAN_WINDOW_BYTES_MIN: usize = 64 * 1024;
 const TORN_ZONE_BYTES: u64 = UNSYNCED_BYTES_MAX + 2 * IO_ALIGN_BYTES as u64;
 /// Bytes past the torn zone searched for later synced data. Batches are contiguous and each
 /// starts with a non-zero length, so any window this long inside the data holds a batch
-/// start: searching further finds nothing a shorter search would miss (and a segment may be
-/// zero-filled to its full size, so the rest of the file can be large).
+/// start: searching further finds nothing a shorter search would miss (and the rest of the
+/// file can be large: zeros, or a recycled file's earlier life).
 const EVIDENCE_WINDOW_BYTES: u64 = BATCH_BYTES_MAX as u64 + IO_ALIGN_BYTES as u64;
+/// Most bytes checksummed while searching a salted segment's evidence window for one of its
+/// batches. Stale batches cost none (their offsets fail first); only batch-shaped bytes with
+/// plausible offsets inside record values cost a CRC pass, and a budget this size (about
+/// 0.1 s) runs out only if a client planted many. Running out counts as evidence: refusing
+/// service is recoverable, cutting acknowledged data is not.
+const EVIDENCE_CRC_BYTES_MAX: u64 = 1 << 30;
 
 const _: () =
     assert!(SCAN_WINDOW_BYTES >= BATCH_BYTES_MAX && SCAN_WINDOW_BYTES_MIN <= SCAN_WINDOW_BYTES);
@@ -55,8 +66,8 @@ struct Recovered<F: StorageFile> {
     fault: Option<Fault>,
     durable_pos: u64,
     last_page: Vec<u8>,
-    /// The active segment is zero from `durable_pos` up to here.
-    prezeroed_to: u64,
+    /// The active segment's blocks are written up to here.
+    allocated_to: u64,
 }
 
 /// Accumulates what a scan learns about a segment.
@@ -102,7 +113,7 @@ impl<S: Storage> Ctx<'_, S> {
 
     async fn scan_file(
         &self,
-        file: &S::File,
+        (file, salt): (&S::File, u32),
         path: &Path,
         start: (u64, u64),
         file_bytes: u64,
@@ -118,7 +129,7 @@ impl<S: Storage> Ctx<'_, S> {
                 .await
                 .map_err(self.io("read", path))?;
             let at_eof = pos + window.len() as u64 >= file_bytes;
-            let out = scan_batches(&window, pos, offset, durable_pos, at_eof, |p, h| {
+            let out = scan_batches(&window, salt, pos, offset, durable_pos, at_eof, |p, h| {
                 sink.on_batch(p, h)
             });
             if out.end != ScanEnd::NeedMore {
@@ -164,11 +175,11 @@ impl<S: Storage> Ctx<'_, S> {
     /// Opens a sealed segment: index file if valid, else a full scan (all of it is durable).
     async fn open_sealed(
         &self,
-        base: u64,
+        (base, salt): (u64, u32),
         replay: bool,
         producers: &mut ProducerTable,
     ) -> Result<(Segment<S::File>, Option<Fault>)> {
-        let path = self.dir.join(segment_file_name(base));
+        let path = self.dir.join(segment_file_name(base, salt));
         let file = self
             .storage
             .open(&path, OpenMode::ReadOnly)
@@ -182,7 +193,7 @@ impl<S: Storage> Ctx<'_, S> {
             }
             Err(_) => None,
         };
-        let mut segment = new_segment(base, path.clone(), Rc::new(file), 0);
+        let mut segment = new_segment(base, salt, path.clone(), Rc::new(file), 0);
         segment.sealed = true;
         segment.data_bytes = size;
         if let Some(image) = &image
@@ -200,7 +211,14 @@ impl<S: Storage> Ctx<'_, S> {
             interval_bytes: self.config.index_interval_bytes,
         };
         let out = self
-            .scan_file(&segment.file, &path, (0, base), size, size, &mut sink)
+            .scan_file(
+                (&segment.file, salt),
+                &path,
+                (0, base),
+                size,
+                size,
+                &mut sink,
+            )
             .await?;
         segment.next_offset = out.next_offset;
         if let ScanEnd::Corrupt(detail) = &out.end {
@@ -226,18 +244,19 @@ impl<S: Storage> Ctx<'_, S> {
     /// Recovers the active segment from the checkpoint position (or its start).
     async fn open_active(
         &self,
-        base: u64,
+        (base, salt): (u64, u32),
         cp: Option<&Checkpoint>,
         producers: &mut ProducerTable,
     ) -> Result<(Segment<S::File>, Option<Fault>, u64)> {
-        let path = self.dir.join(segment_file_name(base));
+        let path = self.dir.join(segment_file_name(base, salt));
         let file = self
             .storage
             .open(&path, OpenMode::ReadWrite)
             .await
             .map_err(self.io("open", &path))?;
         let size = file.size().await.map_err(self.io("size", &path))?;
-        let mut segment = new_segment(base, path.clone(), Rc::new(file), self.storage.now_ms());
+        let now_ms = self.storage.now_ms();
+        let mut segment = new_segment(base, salt, path.clone(), Rc::new(file), now_ms);
         let mut start = (0, base);
         if let Some(cp) = cp.filter(|cp| cp.segment_base == base) {
             start = (cp.durable_pos, cp.durable_offset);
@@ -261,16 +280,19 @@ impl<S: Storage> Ctx<'_, S> {
             interval_bytes: self.config.index_interval_bytes,
         };
         let out = self
-            .scan_file(&segment.file, &path, start, size, start.0, &mut sink)
+            .scan_file(
+                (&segment.file, salt),
+                &path,
+                start,
+                size,
+                start.0,
+                &mut sink,
+            )
             .await?;
         segment.data_bytes = out.end_pos;
         segment.next_offset = out.next_offset;
-        let evidence_from = out.end_pos + TORN_ZONE_BYTES;
-        let evidence_to = size.min(evidence_from + EVIDENCE_WINDOW_BYTES);
         if matches!(out.end, ScanEnd::TornTail(_) | ScanEnd::Clean)
-            && self
-                .written_beyond(&segment.file, &path, evidence_from, evidence_to)
-                .await?
+            && self.later_data(&segment, &out, size).await?
         {
             // Everything not yet durable lies within UNSYNCED_BYTES_MAX (+ padding) of the
             // durable point, so data this far past `end_pos` proves `end_pos` was durable:
@@ -333,6 +355,39 @@ impl<S: Storage> Ctx<'_, S> {
         Ok(page.to_vec())
     }
 
+    /// Whether synced data of this segment lies past the torn zone that follows the scan's
+    /// end (searched within [`EVIDENCE_WINDOW_BYTES`]).
+    async fn later_data(
+        &self,
+        segment: &Segment<S::File>,
+        out: &ScanOutcome,
+        file_bytes: u64,
+    ) -> Result<bool> {
+        let from = out.end_pos + TORN_ZONE_BYTES;
+        let to = file_bytes.min(from + EVIDENCE_WINDOW_BYTES);
+        let (file, path) = (&*segment.file, &segment.path);
+        if segment.salt == 0 {
+            return self.written_beyond(file, path, from, to).await;
+        }
+        if from >= to {
+            return Ok(false);
+        }
+        // A batch starting in the window may run on for up to BATCH_BYTES_MAX.
+        let read_to = file_bytes.min(to + BATCH_BYTES_MAX as u64);
+        let window = file
+            .read_at(from, (read_to - from) as usize)
+            .await
+            .map_err(self.io("read", path))?;
+        let starts_within = (to - from) as usize;
+        let end = (out.end_pos, out.next_offset);
+        let mut budget = EVIDENCE_CRC_BYTES_MAX;
+        let found = find_salted_batch(&window, from, starts_within, segment.salt, end, &mut budget);
+        if found == SaltedSearch::BudgetSpent {
+            tracing::error!(partition = %self.id, path = ?path, "evidence search ran out of its CRC budget");
+        }
+        Ok(found != SaltedSearch::NotFound)
+    }
+
     /// Whether any byte in `[from, to)` is non-zero.
     async fn written_beyond(
         &self,
@@ -363,7 +418,7 @@ impl<S: Storage> Ctx<'_, S> {
         Ok(true)
     }
 
-    async fn recover(&self, bases: &[u64]) -> Result<Recovered<S::File>> {
+    async fn recover(&self, bases: &[(u64, u32)]) -> Result<Recovered<S::File>> {
         let cp = self.load_checkpoint().await;
         let replay_from = cp.as_ref().map_or(0, |c| c.segment_base);
         let mut producers = ProducerTable::default();
@@ -374,13 +429,13 @@ impl<S: Storage> Ctx<'_, S> {
         }
         let (&active_base, sealed_bases) = bases.split_last().expect("recover needs a segment");
         let mut segments = VecDeque::with_capacity(bases.len());
-        for &base in sealed_bases {
+        for &name in sealed_bases {
             let (segment, fault) = self
-                .open_sealed(base, base >= replay_from, &mut producers)
+                .open_sealed(name, name.0 >= replay_from, &mut producers)
                 .await?;
             let expected = segments.back().map(|s: &Segment<S::File>| s.next_offset);
             segments.push_back(segment);
-            if let Some(fault) = fault.or_else(|| self.gap_fault(expected, base)) {
+            if let Some(fault) = fault.or_else(|| self.gap_fault(expected, name)) {
                 return self.faulted(segments, producers, fault);
             }
         }
@@ -402,17 +457,18 @@ impl<S: Storage> Ctx<'_, S> {
             fault: None,
             durable_pos: end_pos,
             last_page,
-            // Everything past the end is zero now (cut_tail, evidence check): reuse it.
-            prezeroed_to: align_down(file_bytes),
+            // The whole file is written: zeros past the end (cut_tail), or in a recycled file
+            // its earlier life, no batch of which can pass for this segment's.
+            allocated_to: align_down(file_bytes),
         })
     }
 
-    fn gap_fault(&self, expected: Option<u64>, base: u64) -> Option<Fault> {
+    fn gap_fault(&self, expected: Option<u64>, (base, salt): (u64, u32)) -> Option<Fault> {
         let expected = expected?;
         (expected != base).then(|| Fault {
             reason: EngineError::Corruption {
                 partition: self.id.clone(),
-                path: self.dir.join(segment_file_name(base)),
+                path: self.dir.join(segment_file_name(base, salt)),
                 position: 0,
                 offset: expected,
                 detail: format!("segment starts at offset {base}, previous one ends at {expected}"),
@@ -437,30 +493,30 @@ impl<S: Storage> Ctx<'_, S> {
             fault: Some(fault),
             durable_pos: 0,
             last_page: Vec::new(),
-            prezeroed_to: 0,
+            allocated_to: 0,
         })
     }
 
     async fn create_fresh(&self) -> Result<Recovered<S::File>> {
-        let path = self.dir.join(segment_file_name(0));
+        let path = self.dir.join(segment_file_name(0, 0));
         let file = self
             .storage
             .open(&path, OpenMode::CreateTruncate)
             .await
             .map_err(self.io("create", &path))?;
-        let prezeroed_to = super::prezero_new_segment(self.config, &file, &path).await?;
+        let allocated_to = super::prezero_new_segment(self.config, &file, &path).await?;
         self.storage
             .sync_dir(self.dir)
             .await
             .map_err(self.io("fsync dir", self.dir))?;
-        let segment = new_segment(0, path, Rc::new(file), self.storage.now_ms());
+        let segment = new_segment(0, 0, path, Rc::new(file), self.storage.now_ms());
         Ok(Recovered {
             segments: VecDeque::from([segment]),
             producers: ProducerTable::default(),
             fault: None,
             durable_pos: 0,
             last_page: Vec::new(),
-            prezeroed_to,
+            allocated_to,
         })
     }
 
@@ -482,7 +538,8 @@ impl<S: Storage> Ctx<'_, S> {
         Ok(())
     }
 
-    /// Removes an unfinished checkpoint and a spare segment (possibly half zero-filled).
+    /// Removes an unfinished checkpoint and a spare segment (the roll that would have renamed it
+    /// in never happened).
     async fn remove_leftovers(&self, names: &[String]) -> Result<()> {
         let leftover = |n: &&String| [CHECKPOINT_TMP_FILE, SPARE_FILE_NAME].contains(&n.as_str());
         for name in names.iter().filter(leftover) {
@@ -525,8 +582,18 @@ impl<S: Storage> Partition<S> {
         }
         let names = storage.list_dir(&dir).await.map_err(ctx.io("list", &dir))?;
         ctx.remove_leftovers(&names).await?;
-        let mut bases: Vec<u64> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
+        let mut bases: Vec<(u64, u32)> =
+            names.iter().filter_map(|n| parse_segment_name(n)).collect();
         bases.sort_unstable();
+        if let Some(pair) = bases.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+            return Err(EngineError::Corruption {
+                partition: id,
+                path: dir.join(segment_file_name(pair[1].0, pair[1].1)),
+                position: 0,
+                offset: pair[1].0,
+                detail: "two segment files start at this offset".into(),
+            });
+        }
         let recovered = match (bases.is_empty(), create) {
             (true, false) => return Err(EngineError::PartitionNotFound { partition: id }),
             (true, true) => ctx.create_fresh().await?,
@@ -566,7 +633,7 @@ impl<S: Storage> Partition<S> {
             fault: r.fault,
             closed: false,
             producers: r.producers,
-            prezeroed_to: r.prezeroed_to,
+            allocated_to: r.allocated_to,
             zeroing: None,
             last_round_bytes: 0,
             checkpoint_running: false,

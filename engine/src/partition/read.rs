@@ -30,6 +30,8 @@ struct Span<B> {
     recent: Vec<(u64, Rc<B>)>,
     /// Base offset of the segment, and whether it is the active one.
     base_offset: u64,
+    /// Seed of the segment's batch CRCs.
+    salt: u32,
     active: bool,
     path: std::path::PathBuf,
     /// Byte position to start walking at (an indexed batch at or before the target).
@@ -79,6 +81,8 @@ impl<S: Storage> Partition<S> {
 
     /// Reads whole encoded batches (exactly the stored bytes) starting with the one holding
     /// `offset`. `max_bytes` counts batch bytes; at least one batch is returned if available.
+    /// A recycled segment's batches carry CRCs seeded with its private salt: never hand these
+    /// bytes to a client as they are (it could learn the salt), decode them (`read`).
     pub async fn read_batches(&self, offset: u64, limits: ReadLimits) -> Result<BatchReadResult> {
         let views = self.read_views(offset, limits).await?;
         let next_offset = views.last().map_or(offset, |v| v.header().next_offset());
@@ -211,6 +215,7 @@ impl<S: Storage> Partition<S> {
             map,
             recent,
             base_offset: seg.base_offset,
+            salt: seg.salt,
             active,
             path: seg.path.clone(),
             pos,
@@ -309,7 +314,7 @@ impl<S: Storage> Partition<S> {
                 window_pos = pos;
                 continue;
             }
-            let view = BatchView::parse(&window.slice(at..)).map_err(|e| {
+            let view = BatchView::parse_salted(&window.slice(at..), span.salt).map_err(|e| {
                 self.corrupt_on_read(expected, format!("{:?} byte {pos}: {e}", span.path))
             })?;
             let h = *view.header();

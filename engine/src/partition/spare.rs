@@ -3,52 +3,60 @@
 //! On ext4 an O_DIRECT write into blocks never written before allocates: io_uring runs it on a
 //! worker thread instead of inline (measured), and it most likely holds the inode lock and
 //! leaves a journal commit for the next fdatasync (inferred; docs/benchmarks.md, "Where the
-//! producer's tail comes from"). The active segment is therefore zero-filled ahead of the
-//! writer (`Partition::maybe_prezero`), but those allocating fills slow the rounds they run
-//! beside. Overwriting blocks that are already written does none of that. So when retention
-//! retires a segment, the partition keeps its file as a spare (renamed to
-//! [`SPARE_FILE_NAME`]), overwrites it with zeros in the background, paced, and the next roll
-//! renames it in as the new segment, already zero-filled to its full size. In steady state
-//! (retention on) no sync round writes into unallocated blocks.
+//! producer's tail comes from"). A new segment is therefore zero-filled ahead of the writer
+//! (`Partition::maybe_prezero`), but those allocating fills slow the rounds they run beside.
+//! Overwriting blocks that are already written does none of that. So when retention retires a
+//! segment, the partition keeps its file as a spare (renamed to [`SPARE_FILE_NAME`]) and the
+//! next roll renames it in as the new segment, as it is: in steady state (retention on) no
+//! sync round writes into unallocated blocks, and no zeros are written at all.
 //!
 //! Invariants:
-//! - A segment file holds only its own batches and zeros: a spare is renamed in only after
-//!   all of it is zero-filled and synced, so recovery and its evidence checks are unchanged.
+//! - A recycled segment is salted: its name carries a random nonzero salt, different from the
+//!   file's previous one, that seeds every batch CRC in it (`segment.rs`). Past its data the
+//!   file holds its earlier life's bytes; recovery tells its own batches from those by offset
+//!   (stale batches are below the segment's base) and by salt (a batch a client embedded in a
+//!   record value cannot carry a valid salted CRC): see `recovery::find_salted_batch`.
 //! - A retired file is recycled only when no reader holds bytes of it
 //!   ([`Segment::held_by_readers`]); otherwise it is removed as before (a reader of an
 //!   unlinked file keeps its bytes).
 //! - At most one spare per partition, and only a partition that rolls by size gets one: a
 //!   retired segment less than half full (rolled by age: a cold partition) is deleted, so cold
-//!   partitions never hold a segment's worth of zeros on disk. A spare left by a crash or a
-//!   shutdown is removed on open (`remove_leftovers`): it may be half zero-filled.
+//!   partitions never hold a segment's worth of stale bytes on disk. A spare left by a crash
+//!   or a shutdown is removed on open (`remove_leftovers`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
-use std::time::Duration;
 
-use super::{Partition, zero_buffer};
+use super::Partition;
 use crate::error::{EngineError, Result};
-use crate::segment::{Segment, align_up};
+use crate::segment::{Segment, align_down};
 use crate::storage::{OpenMode, Storage, StorageFile};
 
 /// The file name of a partition's spare segment (never parsed as a segment).
 pub(crate) const SPARE_FILE_NAME: &str = "recycled.spare";
-/// One zero-fill write of a spare (an overwrite: no allocation, no journal commit).
-const SPARE_ZERO_WRITE_BYTES: usize = 256 * 1024;
-/// Pause between two zero-fill writes of a spare: at most 512 MiB/s of zeros per partition
-/// (a 128 MiB segment takes at least 0.25 s; a producer at 1 M records/s fills one in about
-/// 1 s: 16-17 rolls of 64 MiB in 9 s were measured), so the spare is ready in time, and each
-/// sync round's flush carries only a few of them.
-const SPARE_ZERO_PAUSE: Duration = Duration::from_micros(500);
 
 /// The partition's spare segment file.
 pub(super) enum Spare<F> {
     /// None: the next roll creates a fresh file.
     Absent,
-    /// A retired file is being zero-filled.
-    Zeroing,
-    /// Zero-filled and synced to the full segment size; the next roll renames it in.
-    Ready(Rc<F>),
+    /// A retired file is being renamed and opened as the spare.
+    Preparing,
+    /// Ready for the next roll to rename in.
+    Ready {
+        file: Rc<F>,
+        /// The salt of the file's last life: the next one must differ.
+        previous_salt: u32,
+        /// Bytes of the file already written (its earlier life's size).
+        written_bytes: u64,
+    },
+}
+
+/// A spare renamed in as a segment.
+pub(super) struct Recycled<F> {
+    pub file: Rc<F>,
+    pub salt: u32,
+    /// Blocks written up to here: writes below it allocate nothing.
+    pub allocated_to: u64,
 }
 
 impl<S: Storage> Partition<S> {
@@ -57,7 +65,7 @@ impl<S: Storage> Partition<S> {
     }
 
     /// Picks one retired segment to recycle (when enabled, no spare exists, the segment was
-    /// rolled full and no reader holds it) and marks the spare as being zero-filled. The caller
+    /// rolled full and no reader holds it) and marks the spare as being prepared. The caller
     /// renames it with [`Self::keep_as_spare`], or sets the spare back to `Absent` if retiring
     /// fails.
     pub(super) fn take_recyclable(
@@ -76,108 +84,104 @@ impl<S: Storage> Partition<S> {
         let i = doomed
             .iter_mut()
             .position(|s| full(s) && !s.held_by_readers())?;
-        st.spare = Spare::Zeroing;
+        st.spare = Spare::Preparing;
         Some(doomed.swap_remove(i))
     }
 
     /// Renames a retired segment's file to the spare's name (durable with the caller's
-    /// directory sync) and returns the path to zero-fill.
-    pub(super) async fn keep_as_spare(&self, segment: &Segment<S::File>) -> Result<PathBuf> {
+    /// directory sync).
+    pub(super) async fn keep_as_spare(&self, segment: &Segment<S::File>) -> Result<()> {
         let spare = self.spare_path();
         self.storage
             .rename(&segment.path, &spare)
             .await
-            .map_err(|e| EngineError::io("rename", &segment.path, e))?;
-        Ok(spare)
+            .map_err(|e| EngineError::io("rename", &segment.path, e))
     }
 
-    /// Zero-fills the spare in the background, then offers it to the next roll.
-    pub(super) fn spawn_spare_zeroing(&self, path: PathBuf) {
-        let Some(me) = self.me.upgrade() else {
-            self.state.borrow_mut().spare = Spare::Absent;
-            return;
+    /// Opens the renamed spare for writing and offers it to the next roll.
+    pub(super) async fn open_spare(&self, previous_salt: u32) -> Result<()> {
+        let path = self.spare_path();
+        let io = |op| {
+            let path = path.clone();
+            move |e| EngineError::io(op, path, e)
         };
-        self.storage.spawn_background(async move {
-            let zeroed = me.zero_spare(&path).await;
-            me.state.borrow_mut().spare = match zeroed {
-                Ok(Some(file)) => Spare::Ready(file),
-                Ok(None) => Spare::Absent,
-                Err(e) => {
-                    tracing::warn!(partition = %me.id, error = %e, "spare segment dropped");
-                    Spare::Absent
-                }
-            };
-            me.changed.notify_all();
-        });
-    }
-
-    /// Overwrites the spare with zeros up to the segment size, paced and within the shard's
-    /// zero-fill budget, then fdatasyncs it. `None` when the partition closed or faulted first.
-    async fn zero_spare(&self, path: &Path) -> Result<Option<Rc<S::File>>> {
-        let io = |op| move |e| EngineError::io(op, path, e);
         let file = self
             .storage
-            .open(path, OpenMode::ReadWrite)
+            .open(&path, OpenMode::ReadWrite)
             .await
             .map_err(io("open"))?;
-        let target = self.spare_bytes();
-        if file.size().await.map_err(io("size"))? > target {
-            file.truncate(target).await.map_err(io("truncate"))?;
-        }
-        let zeros = Rc::new(zero_buffer(&file, SPARE_ZERO_WRITE_BYTES));
-        let mut pos = 0;
-        while pos < target {
-            if self.stopped() {
-                return Ok(None);
-            }
-            let Some(permit) = self.zero_fill.try_acquire() else {
-                self.storage.pause(SPARE_ZERO_PAUSE).await;
-                continue;
-            };
-            let len = (target - pos).min(SPARE_ZERO_WRITE_BYTES as u64) as usize;
-            let buf = if len == SPARE_ZERO_WRITE_BYTES {
-                zeros.clone()
-            } else {
-                Rc::new(zero_buffer(&file, len))
-            };
-            file.write_at(buf, pos).await.map_err(io("zero-fill"))?;
-            drop(permit);
-            pos += len as u64;
-            self.storage.pause(SPARE_ZERO_PAUSE).await;
-        }
-        file.fdatasync().await.map_err(io("fdatasync"))?;
-        Ok(Some(Rc::new(file)))
+        let written_bytes = file.size().await.map_err(io("size"))?;
+        self.state.borrow_mut().spare = Spare::Ready {
+            file: Rc::new(file),
+            previous_salt,
+            written_bytes,
+        };
+        self.changed.notify_all();
+        Ok(())
     }
 
-    /// How far a spare is zero-filled: the whole (aligned) segment size.
-    fn spare_bytes(&self) -> u64 {
-        align_up(self.config.segment_bytes_max)
-    }
-
-    fn stopped(&self) -> bool {
-        let st = self.state.borrow();
-        st.closed || st.fault.is_some()
-    }
-
-    /// Renames a ready spare to `path` (the caller syncs the directory); returns its file and
-    /// how far it is zero-filled, or `None` when no spare is ready.
-    pub(super) async fn take_ready_spare(&self, path: &Path) -> Result<Option<(Rc<S::File>, u64)>> {
-        let file = {
+    /// Renames a ready spare to the name of the segment at `base_offset`, under a new salt
+    /// (the caller syncs the directory). `None` when no spare is ready or no salt could be
+    /// drawn (the roll then creates a new file).
+    pub(super) async fn take_ready_spare(
+        &self,
+        base_offset: u64,
+    ) -> Result<Option<(PathBuf, Recycled<S::File>)>> {
+        let (file, previous_salt, written_bytes) = {
             let mut st = self.state.borrow_mut();
             match std::mem::replace(&mut st.spare, Spare::Absent) {
-                Spare::Ready(file) => file,
+                Spare::Ready {
+                    file,
+                    previous_salt,
+                    written_bytes,
+                } => (file, previous_salt, written_bytes),
                 other => {
                     st.spare = other;
                     return Ok(None);
                 }
             }
         };
+        let Some(salt) = self.draw_salt(previous_salt) else {
+            self.remove_spare().await;
+            return Ok(None);
+        };
+        let path = self
+            .dir
+            .join(crate::segment::segment_file_name(base_offset, salt));
         let from = self.spare_path();
         self.storage
-            .rename(&from, path)
+            .rename(&from, &path)
             .await
             .map_err(|e| EngineError::io("rename", &from, e))?;
         self.state.borrow_mut().stats.segments_recycled += 1;
-        Ok(Some((file, self.spare_bytes())))
+        let recycled = Recycled {
+            file,
+            salt,
+            allocated_to: align_down(written_bytes),
+        };
+        Ok(Some((path, recycled)))
+    }
+
+    /// A random salt, never 0 (unsalted) and never `previous` (its stale batches would pass).
+    fn draw_salt(&self, previous: u32) -> Option<u32> {
+        for _ in 0..4 {
+            match self.storage.random_u32() {
+                Ok(salt) if salt != 0 && salt != previous => return Some(salt),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(partition = %self.id, error = %e, "no random salt: spare dropped");
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
+    /// Best-effort removal of a spare the partition will not use.
+    async fn remove_spare(&self) {
+        let path = self.spare_path();
+        if let Err(e) = self.storage.remove_file(&path).await {
+            tracing::warn!(partition = %self.id, error = %e, "cannot remove the spare segment");
+        }
     }
 }

@@ -25,7 +25,7 @@ pub struct ZeroFillStats {
     pub in_flight_peak: usize,
     /// Fills started (spare zero-fill steps included).
     pub started: u64,
-    /// Fills (or spare zero-fill steps) wanted but skipped because the budget was exhausted.
+    /// Fills wanted but skipped because the budget was exhausted.
     pub skipped_busy: u64,
 }
 

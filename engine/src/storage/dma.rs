@@ -261,4 +261,8 @@ impl Storage for DmaStorage {
     async fn pause(&self, duration: Duration) {
         glommio::timer::sleep(duration).await;
     }
+
+    fn random_u32(&self) -> io::Result<u32> {
+        getrandom::u32().map_err(io::Error::from)
+    }
 }

@@ -99,4 +99,7 @@ pub trait Storage: 'static {
     /// Waits about `duration` between two pieces of paced background work (a timer for the
     /// real backend; the simulator has no pacing and only lets other tasks run).
     async fn pause(&self, duration: Duration);
+    /// A random `u32` no client can predict (the OS source for the real backend; the seeded
+    /// stream in the simulator). Seeds the CRCs of a recycled segment.
+    fn random_u32(&self) -> io::Result<u32>;
 }

@@ -577,4 +577,8 @@ impl Storage for SimStorage {
     async fn pause(&self, _duration: Duration) {
         crate::notify::yield_once().await;
     }
+
+    fn random_u32(&self) -> io::Result<u32> {
+        Ok(self.state.borrow_mut().next_u64() as u32)
+    }
 }
