@@ -748,7 +748,9 @@ impl<S: Storage> Partition<S> {
         }
         self.seal_active().await?;
         self.start_segment().await?;
-        self.write_checkpoint().await?;
+        // Appends resume now; the new segment's first checkpoint follows in the background.
+        // Recovery does not need it: without it, it replays the segment just sealed.
+        self.checkpoint_in_background();
         {
             let mut st = self.state.borrow_mut();
             st.roll_wanted = false;
@@ -931,6 +933,19 @@ impl<S: Storage> Partition<S> {
             }
             wait.await;
         }
+    }
+
+    /// Starts a checkpoint off the flusher unless one is being written.
+    fn checkpoint_in_background(&self) {
+        let Some(me) = self.me.upgrade() else { return };
+        {
+            let mut st = self.state.borrow_mut();
+            if st.checkpoint_running {
+                return;
+            }
+            st.checkpoint_running = true;
+        }
+        self.spawn_checkpoint(me);
     }
 
     /// Writes a periodic checkpoint off the flusher (rounds go on meanwhile); the caller has
