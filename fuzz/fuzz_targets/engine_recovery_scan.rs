@@ -24,7 +24,7 @@ struct Input {
 }
 
 fuzz_target!(|input: Input| {
-    let window = Bytes::from(input.window);
+    let window = Bytes::from(input.window.clone());
     let window_pos = u64::from(input.window_pos);
     let durable_pos = window_pos + u64::from(input.durable_within) % (window.len() as u64 + 1);
     let expected_offset = u64::from(input.expected_offset);
@@ -64,13 +64,26 @@ fn check_salted_search(window: &Bytes, window_pos: u64, input: &Input) {
     let end = (window_pos, u64::from(input.expected_offset));
     let budget_before = u64::from(input.crc_budget_bytes);
     let mut budget = budget_before;
-    let found = find_salted_batch(window, window_pos, starts_within, input.salt, end, &mut budget);
+    let found = find_salted_batch(
+        window,
+        window_pos,
+        starts_within,
+        input.salt,
+        end,
+        &mut budget,
+    );
     assert!(budget <= budget_before, "the CRC budget only shrinks");
     if let SaltedSearch::Found { pos, base_offset } = found {
         let at = usize::try_from(pos - window_pos).expect("found inside the window");
-        assert!(at < starts_within.min(window.len()), "found past the searched range");
+        assert!(
+            at < starts_within.min(window.len()),
+            "found past the searched range"
+        );
         let header = check_batch(&window[at..], input.salt).expect("found a valid salted batch");
         assert_eq!(header.base_offset, base_offset);
-        assert!(base_offset >= end.1, "found a batch older than the log's end");
+        assert!(
+            base_offset >= end.1,
+            "found a batch older than the log's end"
+        );
     }
 }
