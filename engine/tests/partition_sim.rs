@@ -1048,10 +1048,14 @@ async fn crash_into_recycled_segment(sim: &SimStorage, config: &PartitionConfig,
     let mut bytes = sim.file_contents(&sealed).unwrap();
     bytes.truncate(data_bytes);
     assert!(sim.set_file_contents(&sealed, bytes));
-    let path = PathBuf::from(format!("/data/topics/orders/3/{:020}.{SALT:08x}.log", 4));
+    let path = recycled_segment_path();
     sim.open(&path, OpenMode::CreateTruncate).await.unwrap();
     sim.sync_dir(path.parent().unwrap()).await.unwrap();
     assert!(sim.set_file_contents(&path, active));
+}
+
+fn recycled_segment_path() -> PathBuf {
+    PathBuf::from(format!("/data/topics/orders/3/{:020}.{SALT:08x}.log", 4))
 }
 
 /// An earlier life's bytes: old batches (offsets below 4), `len` bytes of them.
@@ -1087,6 +1091,7 @@ fn a_batch_planted_in_a_recycled_segments_stale_bytes_is_not_taken_for_later_dat
         file.extend_from_slice(&encode_batch(1, None, &planted.records));
         file.extend(stale_bytes(1 << 20));
         crash_into_recycled_segment(&sim, &config, file).await;
+        let before = sim.file_contents(&recycled_segment_path()).unwrap();
 
         let s = shard(&sim);
         let p = s.open_partition(pid(), config, false).await.unwrap();
@@ -1094,6 +1099,11 @@ fn a_batch_planted_in_a_recycled_segments_stale_bytes_is_not_taken_for_later_dat
             p.fault(),
             None,
             "stale and planted bytes are not later data"
+        );
+        assert_eq!(
+            sim.file_contents(&recycled_segment_path()).unwrap(),
+            before,
+            "no batch of this segment past the end: nothing is zero-filled"
         );
         assert_eq!(p.offsets().log_end, 6, "the torn batch is cut");
         let values: Vec<Bytes> = read_all(&p, 0).await.into_iter().map(|r| r.value).collect();
@@ -1128,7 +1138,7 @@ fn corruption_in_a_recycled_segment_with_later_synced_batches_is_not_a_torn_tail
         active.extend(stale_bytes(1 << 20));
         active[100_000] ^= 0x10; // inside the second batch
         crash_into_recycled_segment(&sim, &config, active).await;
-        let path = PathBuf::from(format!("/data/topics/orders/3/{:020}.{SALT:08x}.log", 4));
+        let path = recycled_segment_path();
         let before = sim.file_contents(&path).unwrap();
 
         let s = shard(&sim);
@@ -1136,5 +1146,51 @@ fn corruption_in_a_recycled_segment_with_later_synced_batches_is_not_a_torn_tail
         let fault = p.fault().expect("acknowledged data is corrupt");
         assert!(fault.contains("later synced rounds"), "{fault}");
         assert_eq!(sim.file_contents(&path).unwrap(), before, "nothing was cut");
+    });
+}
+
+#[test]
+fn a_whole_batch_of_the_crashed_round_in_a_recycled_segment_is_cut_not_kept() {
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let config = PartitionConfig {
+            segment_bytes_max: 64 << 20,
+            ..small_config()
+        };
+        // The crashed round wrote offsets 6-7 and 8; a page in the middle of 6-7 never reached
+        // the disk, so 8 is whole and valid but was never acknowledged.
+        let mut round = batch("round", 2, 1);
+        round.records[0].value = Bytes::from(vec![3; 6000]);
+        let kept = encode_salted_batch(SALT, 4, None, &batch("kept", 2, 1).records).to_vec();
+        let torn = encode_salted_batch(SALT, 6, None, &round.records).to_vec();
+        let whole = encode_salted_batch(SALT, 8, None, &batch("whole", 1, 1).records).to_vec();
+        let mut file = stale_bytes(2 << 20);
+        let whole_at = kept.len() + torn.len();
+        file[..kept.len()].copy_from_slice(&kept);
+        file[kept.len()..whole_at].copy_from_slice(&torn);
+        file[whole_at..whole_at + whole.len()].copy_from_slice(&whole);
+        file[kept.len() + 3000..kept.len() + 4000].fill(0x11);
+        crash_into_recycled_segment(&sim, &config, file).await;
+
+        let s = shard(&sim);
+        let p = s.open_partition(pid(), config, false).await.unwrap();
+        assert_eq!(p.fault(), None);
+        assert_eq!(p.offsets().log_end, 6);
+        let after = sim.file_contents(&recycled_segment_path()).unwrap();
+        assert!(
+            after[whole_at..whole_at + whole.len()]
+                .iter()
+                .all(|b| *b == 0),
+            "the unacknowledged batch was zero-filled, so it can never rejoin the log"
+        );
+        assert_eq!(
+            &after[..kept.len()],
+            &kept[..],
+            "acknowledged bytes are kept"
+        );
+        // The same records appended again take the same place, and only they are read back.
+        p.append(round.clone(), AckLevel::Durable).await.unwrap();
+        let records = read_all(&p, 0).await;
+        assert_eq!(records.len(), 8);
     });
 }

@@ -313,14 +313,16 @@ impl<S: Storage> Ctx<'_, S> {
         Ok((segment, None, size))
     }
 
-    /// Zero-fills what a crashed round may have left past `end_pos` (so no stale batch can
-    /// ever be mistaken for a later append), keeping the bytes before it. Returns the bytes
-    /// of the partial last page.
+    /// Zero-fills what a crashed round may have left past the end of the log (so no batch it
+    /// wrote can ever be mistaken for a later append), keeping the bytes before it. Returns
+    /// the bytes of the partial last page. In a salted segment only a batch of this segment
+    /// there needs cutting: the earlier life's bytes past the end stay as they are, so a
+    /// clean restart writes nothing.
     async fn cut_tail(
         &self,
-        file: &S::File,
+        (file, salt): (&S::File, u32),
         path: &Path,
-        end_pos: u64,
+        (end_pos, end_offset): (u64, u64),
         file_bytes: u64,
     ) -> Result<Vec<u8>> {
         let page_pos = align_down(end_pos);
@@ -334,7 +336,15 @@ impl<S: Storage> Ctx<'_, S> {
             return Err(EngineError::io("read", path, e));
         }
         let zone_end = align_up(file_bytes.min(end_pos + TORN_ZONE_BYTES));
-        if zone_end <= end_pos || self.all_zero(file, path, end_pos, zone_end).await? {
+        let clean = if salt == 0 {
+            zone_end <= end_pos || self.all_zero(file, path, end_pos, zone_end).await?
+        } else {
+            let (end, zone) = ((end_pos, end_offset), (end_pos, zone_end));
+            !self
+                .salted_batch_within(file, salt, path, end, zone, file_bytes)
+                .await?
+        };
+        if clean {
             return Ok(page.to_vec());
         }
         let mut pos = page_pos;
@@ -369,21 +379,36 @@ impl<S: Storage> Ctx<'_, S> {
         if segment.salt == 0 {
             return self.written_beyond(file, path, from, to).await;
         }
+        let end = (out.end_pos, out.next_offset);
+        self.salted_batch_within(file, segment.salt, path, end, (from, to), file_bytes)
+            .await
+    }
+
+    /// Whether a batch of the salted segment that ended at `end` (position, offset) may
+    /// start in `[from, to)` (see `find_salted_batch`; an exhausted CRC budget says yes).
+    async fn salted_batch_within(
+        &self,
+        file: &S::File,
+        salt: u32,
+        path: &Path,
+        end: (u64, u64),
+        (from, to): (u64, u64),
+        file_bytes: u64,
+    ) -> Result<bool> {
         if from >= to {
             return Ok(false);
         }
-        // A batch starting in the window may run on for up to BATCH_BYTES_MAX.
+        // A batch starting in the range may run on for up to BATCH_BYTES_MAX.
         let read_to = file_bytes.min(to + BATCH_BYTES_MAX as u64);
         let window = file
             .read_at(from, (read_to - from) as usize)
             .await
             .map_err(self.io("read", path))?;
         let starts_within = (to - from) as usize;
-        let end = (out.end_pos, out.next_offset);
         let mut budget = EVIDENCE_CRC_BYTES_MAX;
-        let found = find_salted_batch(&window, from, starts_within, segment.salt, end, &mut budget);
+        let found = find_salted_batch(&window, from, starts_within, salt, end, &mut budget);
         if found == SaltedSearch::BudgetSpent {
-            tracing::error!(partition = %self.id, path = ?path, "evidence search ran out of its CRC budget");
+            tracing::error!(partition = %self.id, path = ?path, "salted batch search ran out of its CRC budget");
         }
         Ok(found != SaltedSearch::NotFound)
     }
@@ -443,19 +468,19 @@ impl<S: Storage> Ctx<'_, S> {
         let (active, fault, file_bytes) = self
             .open_active(active_base, cp.as_ref(), &mut producers)
             .await?;
-        let (path, end_pos) = (active.path.clone(), active.data_bytes);
-        let file = active.file.clone();
+        let (path, end) = (active.path.clone(), (active.data_bytes, active.next_offset));
+        let (file, salt) = (active.file.clone(), active.salt);
         segments.push_back(active);
         if let Some(fault) = fault.or_else(|| self.gap_fault(expected, active_base)) {
             return self.faulted(segments, producers, fault);
         }
         producers.retain_below(segments.back().map_or(0, |s| s.next_offset));
-        let last_page = self.cut_tail(&file, &path, end_pos, file_bytes).await?;
+        let last_page = self.cut_tail((&file, salt), &path, end, file_bytes).await?;
         Ok(Recovered {
             segments,
             producers,
             fault: None,
-            durable_pos: end_pos,
+            durable_pos: end.0,
             last_page,
             // The whole file is written: zeros past the end (cut_tail), or in a recycled file
             // its earlier life, no batch of which can pass for this segment's.
