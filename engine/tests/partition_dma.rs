@@ -302,8 +302,9 @@ fn dma_kill_9_loses_no_acknowledged_record() {
             .unwrap(),
     );
     let mut acked = Vec::new();
-    let lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
-    for line in lines {
+    // Kept open until the kill: a child printing into a closed pipe would panic (EPIPE).
+    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
         let line = line.unwrap();
         if let Some(rest) = line.strip_prefix("acked ") {
             let (offset, tag) = rest.split_once(' ').unwrap();
@@ -314,6 +315,7 @@ fn dma_kill_9_loses_no_acknowledged_record() {
         }
     }
     drop(child); // SIGKILL: no close, no final checkpoint
+    drop(lines);
     assert_eq!(acked.len(), 300, "the child acknowledged appends");
     run(move || async move {
         let s = Shard::new(root, DmaStorage::new());
