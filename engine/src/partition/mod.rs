@@ -42,7 +42,7 @@ use round_stats::RoundTimes;
 pub(crate) use round_stats::SyncRoundRecorder;
 pub use round_stats::{LatencyHistogram, SYNC_ROUND_BUCKETS_US, SyncRoundStats};
 pub(crate) use spare::SPARE_FILE_NAME;
-use spare::{Recycled, Spare};
+use spare::{NextSegment, Spare};
 use tail::{Round, Tail};
 pub(crate) use zero_fill::ZeroFillBudget;
 use zero_fill::ZeroFillPermit;
@@ -813,28 +813,16 @@ impl<S: Storage> Partition<S> {
     /// tail at it.
     async fn start_segment(&self) -> Result<()> {
         let base_offset = self.state.borrow().log_end;
-        let (path, segment) = match self.take_ready_spare(base_offset).await? {
+        let next = match self.take_ready_spare(base_offset).await? {
             Some(recycled) => recycled,
-            None => {
-                let path = self.dir.join(segment_file_name(base_offset, 0));
-                let file = Rc::new(self.open_file(&path, OpenMode::CreateTruncate).await?);
-                let allocated_to = self.prezero_new_segment(&*file, &path).await?;
-                let salt = 0;
-                (
-                    path,
-                    Recycled {
-                        file,
-                        salt,
-                        allocated_to,
-                    },
-                )
-            }
+            None => self.create_segment_file(base_offset).await?,
         };
-        let Recycled {
+        let NextSegment {
+            path,
             file,
             salt,
             allocated_to,
-        } = segment;
+        } = next;
         self.sync_dir().await?;
         let now_ms = self.storage.now_ms();
         let mut st = self.state.borrow_mut();
@@ -846,6 +834,19 @@ impl<S: Storage> Partition<S> {
         st.segments
             .push_back(new_segment(base_offset, salt, path, file, now_ms));
         Ok(())
+    }
+
+    /// Creates an unsalted segment file, its start zero-filled (the caller syncs the directory).
+    async fn create_segment_file(&self, base_offset: u64) -> Result<NextSegment<S::File>> {
+        let path = self.dir.join(segment_file_name(base_offset, 0));
+        let file = Rc::new(self.open_file(&path, OpenMode::CreateTruncate).await?);
+        let allocated_to = self.prezero_new_segment(&*file, &path).await?;
+        Ok(NextSegment {
+            path,
+            file,
+            salt: 0,
+            allocated_to,
+        })
     }
 
     /// Keeps the active segment zero-filled (written and synced) ahead of the write position,

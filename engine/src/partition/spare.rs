@@ -29,7 +29,7 @@ use std::rc::Rc;
 
 use super::Partition;
 use crate::error::{EngineError, Result};
-use crate::segment::{Segment, align_down};
+use crate::segment::{Segment, align_down, segment_file_name};
 use crate::storage::{OpenMode, Storage, StorageFile};
 
 /// The file name of a partition's spare segment (never parsed as a segment).
@@ -51,9 +51,11 @@ pub(super) enum Spare<F> {
     },
 }
 
-/// A spare renamed in as a segment.
-pub(super) struct Recycled<F> {
+/// A file ready to become the next segment: a renamed spare or a new file.
+pub(super) struct NextSegment<F> {
+    pub path: PathBuf,
     pub file: Rc<F>,
+    /// Seed of its batch CRCs: nonzero for a recycled file, 0 for a new one.
     pub salt: u32,
     /// Blocks written up to here: writes below it allocate nothing.
     pub allocated_to: u64,
@@ -126,7 +128,7 @@ impl<S: Storage> Partition<S> {
     pub(super) async fn take_ready_spare(
         &self,
         base_offset: u64,
-    ) -> Result<Option<(PathBuf, Recycled<S::File>)>> {
+    ) -> Result<Option<NextSegment<S::File>>> {
         let (file, previous_salt, written_bytes) = {
             let mut st = self.state.borrow_mut();
             match std::mem::replace(&mut st.spare, Spare::Absent) {
@@ -145,21 +147,19 @@ impl<S: Storage> Partition<S> {
             self.remove_spare().await;
             return Ok(None);
         };
-        let path = self
-            .dir
-            .join(crate::segment::segment_file_name(base_offset, salt));
+        let path = self.dir.join(segment_file_name(base_offset, salt));
         let from = self.spare_path();
         self.storage
             .rename(&from, &path)
             .await
             .map_err(|e| EngineError::io("rename", &from, e))?;
         self.state.borrow_mut().stats.segments_recycled += 1;
-        let recycled = Recycled {
+        Ok(Some(NextSegment {
+            path,
             file,
             salt,
             allocated_to: align_down(written_bytes),
-        };
-        Ok(Some((path, recycled)))
+        }))
     }
 
     /// A random salt, never 0 (unsalted) and never `previous` (its stale batches would pass).
