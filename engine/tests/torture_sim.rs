@@ -11,7 +11,8 @@
 //!   spare's rename, its zero-fill and the roll that renames it in;
 //! - a second recovery yields the same state; the same seed yields the same result.
 //!
-//! `SHARDLOG_TORTURE_SEEDS` overrides the seed count (default 2,000).
+//! `SHARDLOG_TORTURE_SEEDS` overrides the seed count (default 2,000);
+//! `SHARDLOG_TORTURE_FIRST_SEED` the first seed (to replay a failing one alone).
 
 mod common;
 
@@ -279,9 +280,14 @@ fn torture_crash_recovery_over_many_seeds() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(SEEDS_DEFAULT);
+    // Replays a failing seed alone: SHARDLOG_TORTURE_FIRST_SEED=N SHARDLOG_TORTURE_SEEDS=1.
+    let first: u64 = std::env::var("SHARDLOG_TORTURE_FIRST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     run(move || async move {
         let (mut total_records, mut total_recycled) = (0, 0);
-        for seed in 0..seeds {
+        for seed in first..first + seeds {
             let outcome = run_seed(seed).await;
             total_records += outcome.records;
             total_recycled += outcome.recycled;

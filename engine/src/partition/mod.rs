@@ -102,6 +102,8 @@ struct State<F: StorageFile> {
     last_round_bytes: u64,
     /// A checkpoint is being written (they are serialized: one temp file name).
     checkpoint_running: bool,
+    /// Retention is retiring segments (runs are serialized: see `enforce_retention`).
+    retiring: bool,
     /// The last published round's buffers (active segment): tail reads come from here.
     recent_writes: Vec<(u64, Rc<F::Buffer>)>,
     /// Where the last read of the active segment stopped: (segment base, offset, position),
@@ -1033,17 +1035,41 @@ impl<S: Storage> Partition<S> {
 
     /// Deletes whole sealed segments beyond the size or age limits; returns how many.
     /// The active segment is never deleted; the log start moves to the first kept segment.
-    /// One retired file may be kept as the spare segment instead (see `spare.rs`).
+    /// One retired file may be kept as the spare segment instead (see `spare.rs`). Runs of it
+    /// are serialized, so the directory always loses its oldest segments first.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<u64> {
+        self.start_retiring().await;
+        let retired = self.retire_expired(now_ms).await;
+        self.state.borrow_mut().retiring = false;
+        self.changed.notify_all();
+        retired
+    }
+
+    /// Waits until no other retention runs, then marks one as running.
+    async fn start_retiring(&self) {
+        loop {
+            let wait = self.changed.wait();
+            {
+                let mut st = self.state.borrow_mut();
+                if !st.retiring {
+                    st.retiring = true;
+                    return;
+                }
+            }
+            wait.await;
+        }
+    }
+
+    async fn retire_expired(&self, now_ms: i64) -> Result<u64> {
         let mut doomed = self.take_expired_segments(now_ms);
         let count = doomed.len() as u64;
         if count == 0 {
             return Ok(0);
         }
         let recycled = self.take_recyclable(&mut doomed);
-        let mut retired = self.retire_files(recycled.as_ref(), &doomed).await;
-        if let (Ok(()), Some(segment)) = (&retired, &recycled) {
-            retired = self.open_spare(segment.salt).await;
+        let mut retired = self.retire_files(&doomed, recycled).await;
+        if let (Ok(()), Some(i)) = (&retired, recycled) {
+            retired = self.open_spare(doomed[i].salt).await;
         }
         if let Err(e) = retired {
             if recycled.is_some() {
@@ -1055,23 +1081,26 @@ impl<S: Storage> Partition<S> {
         Ok(count)
     }
 
-    /// Renames `recycled` to the spare's name, removes the other retired segments and every
-    /// retired index, and syncs the directory.
+    /// Retires `doomed` oldest first, each index before its segment: the one at `recycled` is
+    /// renamed to the spare's name, the others are removed; then syncs the directory. A crash
+    /// makes some prefix of these changes durable (a concurrent directory sync may come
+    /// between any two), and in this order every prefix leaves a log without holes and no
+    /// index without its segment.
     async fn retire_files(
         &self,
-        recycled: Option<&Segment<S::File>>,
         doomed: &[Segment<S::File>],
+        recycled: Option<usize>,
     ) -> Result<()> {
-        if let Some(segment) = recycled {
-            self.keep_as_spare(segment).await?;
+        for (i, segment) in doomed.iter().enumerate() {
             self.remove_index_of(segment.base_offset).await?;
-        }
-        for segment in doomed {
-            self.storage
-                .remove_file(&segment.path)
-                .await
-                .map_err(|e| EngineError::io("remove", &segment.path, e))?;
-            self.remove_index_of(segment.base_offset).await?;
+            if recycled == Some(i) {
+                self.keep_as_spare(segment).await?;
+            } else {
+                self.storage
+                    .remove_file(&segment.path)
+                    .await
+                    .map_err(|e| EngineError::io("remove", &segment.path, e))?;
+            }
         }
         self.sync_dir().await
     }

@@ -662,6 +662,7 @@ impl<S: Storage> Partition<S> {
             zeroing: None,
             last_round_bytes: 0,
             checkpoint_running: false,
+            retiring: false,
             recent_writes: Vec::new(),
             read_hint: None,
             spawn_flusher: false,

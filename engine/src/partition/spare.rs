@@ -67,13 +67,10 @@ impl<S: Storage> Partition<S> {
     }
 
     /// Picks one retired segment to recycle (when enabled, no spare exists, the segment was
-    /// rolled full and no reader holds it) and marks the spare as being prepared. The caller
-    /// renames it with [`Self::keep_as_spare`], or sets the spare back to `Absent` if retiring
-    /// fails.
-    pub(super) fn take_recyclable(
-        &self,
-        doomed: &mut Vec<Segment<S::File>>,
-    ) -> Option<Segment<S::File>> {
+    /// rolled full and no reader holds it), marks the spare as being prepared and returns the
+    /// segment's index in `doomed`. The caller renames it with [`Self::keep_as_spare`], or sets
+    /// the spare back to `Absent` if retiring fails.
+    pub(super) fn take_recyclable(&self, doomed: &mut [Segment<S::File>]) -> Option<usize> {
         let mut st = self.state.borrow_mut();
         if !self.config.recycle_segments
             || !matches!(st.spare, Spare::Absent)
@@ -87,7 +84,7 @@ impl<S: Storage> Partition<S> {
             .iter_mut()
             .position(|s| full(s) && !s.held_by_readers())?;
         st.spare = Spare::Preparing;
-        Some(doomed.swap_remove(i))
+        Some(i)
     }
 
     /// Renames a retired segment's file to the spare's name (durable with the caller's
