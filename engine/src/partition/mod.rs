@@ -964,19 +964,26 @@ impl<S: Storage> Partition<S> {
         });
     }
 
-    /// Writes the checkpoint once no other checkpoint is being written.
-    async fn write_checkpoint(&self) -> Result<()> {
+    /// Waits until the state flag `flag` picks is clear, then sets it: one holder at a time
+    /// (the holder clears it and notifies).
+    async fn take_turn(&self, flag: fn(&mut State<S::File>) -> &mut bool) {
         loop {
             let wait = self.changed.wait();
             {
                 let mut st = self.state.borrow_mut();
-                if !st.checkpoint_running {
-                    st.checkpoint_running = true;
-                    break;
+                let held = flag(&mut st);
+                if !*held {
+                    *held = true;
+                    return;
                 }
             }
             wait.await;
         }
+    }
+
+    /// Writes the checkpoint once no other checkpoint is being written.
+    async fn write_checkpoint(&self) -> Result<()> {
+        self.take_turn(|st| &mut st.checkpoint_running).await;
         let written = self.checkpoint_body().await;
         self.state.borrow_mut().checkpoint_running = false;
         self.changed.notify_all();
@@ -1038,26 +1045,11 @@ impl<S: Storage> Partition<S> {
     /// One retired file may be kept as the spare segment instead (see `spare.rs`). Runs of it
     /// are serialized, so the directory always loses its oldest segments first.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<u64> {
-        self.start_retiring().await;
+        self.take_turn(|st| &mut st.retiring).await;
         let retired = self.retire_expired(now_ms).await;
         self.state.borrow_mut().retiring = false;
         self.changed.notify_all();
         retired
-    }
-
-    /// Waits until no other retention runs, then marks one as running.
-    async fn start_retiring(&self) {
-        loop {
-            let wait = self.changed.wait();
-            {
-                let mut st = self.state.borrow_mut();
-                if !st.retiring {
-                    st.retiring = true;
-                    return;
-                }
-            }
-            wait.await;
-        }
     }
 
     async fn retire_expired(&self, now_ms: i64) -> Result<u64> {
