@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::{Receivers, Senders};
+use glommio::sync::Semaphore;
 use shardlog_wire::Code;
 
 use crate::ops::{Failure, Op, Reply};
@@ -67,6 +68,12 @@ pub type Executor =
 pub struct Mesh {
     shard: usize,
     senders: Senders<Envelope>,
+    /// One turn at a time per target queue (a single permit; glommio's semaphore serves
+    /// waiters in arrival order and lets no newcomer pass them). Calls from this shard must
+    /// reach their owner in the order made, since the owner starts them in arrival order and
+    /// a stream's produces take offsets in that order: a call that finds the queue full holds
+    /// the turn while it waits, so later calls queue behind it instead of overtaking it.
+    send_turns: Vec<Semaphore>,
     pending: RefCell<HashMap<u64, oneshot::Sender<Result<Reply, Failure>>>>,
     next_id: Cell<u64>,
     inflight_max: usize,
@@ -79,9 +86,13 @@ impl Mesh {
     pub fn new(shard: usize, senders: Senders<Envelope>, inflight_max: usize) -> Rc<Self> {
         assert_eq!(senders.peer_id(), shard, "mesh peer ids follow shard order");
         assert!(inflight_max > 0);
+        let send_turns = (0..senders.nr_consumers())
+            .map(|_| Semaphore::new(1))
+            .collect();
         Rc::new(Self {
             shard,
             senders,
+            send_turns,
             pending: RefCell::new(HashMap::new()),
             next_id: Cell::new(0),
             inflight_max,
@@ -150,22 +161,26 @@ impl Mesh {
         envelope: Envelope,
         admission: Admission,
     ) -> Result<(), Failure> {
-        let envelope = match self.senders.try_send_to(target, envelope) {
-            Ok(()) => return Ok(()),
-            Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(envelope))) => {
-                envelope
+        let in_turn = async {
+            let Ok(_turn) = self.send_turns[target].acquire_permit(1).await else {
+                return false;
+            };
+            match self.senders.try_send_to(target, envelope) {
+                Ok(()) => true,
+                Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(
+                    envelope,
+                ))) => self.senders.send_to(target, envelope).await.is_ok(),
+                Err(_) => false,
             }
-            Err(_) => return Err(self.refuse(target, "shard is shutting down")),
         };
-        let send = async { self.senders.send_to(target, envelope).await.is_ok() };
         let sent = match admission {
-            Admission::Wait => send.await,
+            Admission::Wait => in_turn.await,
             Admission::Shed => {
                 let give_up = async {
                     glommio::timer::sleep(QUEUE_FULL_WAIT).await;
                     false
                 };
-                futures_lite::future::or(send, give_up).await
+                futures_lite::future::or(in_turn, give_up).await
             }
         };
         if sent {
