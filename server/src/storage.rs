@@ -13,7 +13,6 @@ use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use shardlog_engine::{DmaStorage, OpenMode, Storage, StorageFile};
@@ -156,10 +155,6 @@ impl Storage for ServerStorage {
 
     fn spawn_background(&self, work: impl Future<Output = ()> + 'static) {
         self.inner.spawn_background(work)
-    }
-
-    async fn pause(&self, duration: Duration) {
-        self.inner.pause(duration).await
     }
 
     fn random_u32(&self) -> io::Result<u32> {

@@ -116,7 +116,7 @@ struct State<F: StorageFile> {
     /// When the first append not yet taken by a sync round was encoded.
     unrounded_since: Option<Instant>,
     /// A retired segment file kept as the next segment (see `spare.rs`).
-    spare: Spare<F>,
+    spare: Option<Spare<F>>,
     stats: PartitionStats,
 }
 
@@ -1058,17 +1058,10 @@ impl<S: Storage> Partition<S> {
         if count == 0 {
             return Ok(0);
         }
-        let recycled = self.take_recyclable(&mut doomed);
-        let mut retired = self.retire_files(&doomed, recycled).await;
-        if let (Ok(()), Some(i)) = (&retired, recycled) {
-            retired = self.open_spare(doomed[i].salt).await;
-        }
-        if let Err(e) = retired {
-            if recycled.is_some() {
-                self.state.borrow_mut().spare = Spare::Absent;
-                self.changed.notify_all();
-            }
-            return Err(e);
+        let recycled = self.recyclable(&mut doomed);
+        self.retire_files(&doomed, recycled).await?;
+        if let Some(i) = recycled {
+            self.open_spare(doomed[i].salt).await?;
         }
         Ok(count)
     }
@@ -1155,7 +1148,7 @@ impl<S: Storage> Partition<S> {
         Ok(())
     }
 
-    /// Waits until no flusher, zero-fill, spare preparation or checkpoint is running.
+    /// Waits until no flusher, zero-fill, retention run or checkpoint is running.
     pub(crate) async fn wait_idle(&self) {
         loop {
             let wait = self.changed.wait();
@@ -1164,7 +1157,7 @@ impl<S: Storage> Partition<S> {
                 if !st.flusher_running
                     && st.zeroing.is_none()
                     && !st.checkpoint_running
-                    && !matches!(st.spare, Spare::Preparing)
+                    && !st.retiring
                 {
                     return;
                 }
@@ -1293,16 +1286,10 @@ pub(crate) async fn prezero_new_segment<F: StorageFile>(
 /// Writes `len` zero bytes at `pos` (one request) and fdatasyncs.
 async fn zero_fill<F: StorageFile>(file: &F, pos: u64, len: u64) -> io::Result<()> {
     assert!(len as usize <= IO_REQUEST_BYTES_MAX);
-    file.write_at(Rc::new(zero_buffer(file, len as usize)), pos)
-        .await?;
-    file.fdatasync().await
-}
-
-/// An aligned buffer of `len` zero bytes.
-fn zero_buffer<F: StorageFile>(file: &F, len: usize) -> F::Buffer {
-    let mut buf = file.alloc_buffer(len);
+    let mut buf = file.alloc_buffer(len as usize);
     buf.as_bytes_mut().fill(0);
-    buf
+    file.write_at(Rc::new(buf), pos).await?;
+    file.fdatasync().await
 }
 
 type WriteFuture<'a> = Pin<Box<dyn Future<Output = io::Result<()>> + 'a>>;

@@ -669,7 +669,7 @@ impl<S: Storage> Partition<S> {
             spawn_zero_fill: None,
             durable_bytes_since_checkpoint: 0,
             unrounded_since: None,
-            spare: super::Spare::Absent,
+            spare: None,
             stats: PartitionStats::default(),
             segments: r.segments,
         };

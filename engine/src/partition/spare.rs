@@ -35,20 +35,13 @@ use crate::storage::{OpenMode, Storage, StorageFile};
 /// The file name of a partition's spare segment (never parsed as a segment).
 pub(crate) const SPARE_FILE_NAME: &str = "recycled.spare";
 
-/// The partition's spare segment file.
-pub(super) enum Spare<F> {
-    /// None: the next roll creates a fresh file.
-    Absent,
-    /// A retired file is being renamed and opened as the spare.
-    Preparing,
-    /// Ready for the next roll to rename in.
-    Ready {
-        file: Rc<F>,
-        /// The salt of the file's last life: the next one must differ.
-        previous_salt: u32,
-        /// Bytes of the file already written (its earlier life's size).
-        written_bytes: u64,
-    },
+/// The partition's spare segment file, ready for the next roll to rename in.
+pub(super) struct Spare<F> {
+    file: Rc<F>,
+    /// The salt of the file's last life: the next one must differ.
+    previous_salt: u32,
+    /// Bytes of the file already written (its earlier life's size).
+    written_bytes: u64,
 }
 
 /// A file ready to become the next segment: a renamed spare or a new file.
@@ -67,24 +60,18 @@ impl<S: Storage> Partition<S> {
     }
 
     /// Picks one retired segment to recycle (when enabled, no spare exists, the segment was
-    /// rolled full and no reader holds it), marks the spare as being prepared and returns the
-    /// segment's index in `doomed`. The caller renames it with [`Self::keep_as_spare`], or sets
-    /// the spare back to `Absent` if retiring fails.
-    pub(super) fn take_recyclable(&self, doomed: &mut [Segment<S::File>]) -> Option<usize> {
-        let mut st = self.state.borrow_mut();
-        if !self.config.recycle_segments
-            || !matches!(st.spare, Spare::Absent)
-            || st.closed
-            || st.fault.is_some()
-        {
+    /// rolled full and no reader holds it) and returns its index in `doomed`. The caller (one
+    /// retention run at a time) renames it with [`Self::keep_as_spare`], then
+    /// [`Self::open_spare`] offers it to the next roll.
+    pub(super) fn recyclable(&self, doomed: &mut [Segment<S::File>]) -> Option<usize> {
+        let st = self.state.borrow();
+        if !self.config.recycle_segments || st.spare.is_some() || st.closed || st.fault.is_some() {
             return None;
         }
         let full = |s: &Segment<S::File>| s.data_bytes >= self.config.segment_bytes_max / 2;
-        let i = doomed
+        doomed
             .iter_mut()
-            .position(|s| full(s) && !s.held_by_readers())?;
-        st.spare = Spare::Preparing;
-        Some(i)
+            .position(|s| full(s) && !s.held_by_readers())
     }
 
     /// Renames a retired segment's file to the spare's name (durable with the caller's
@@ -110,11 +97,11 @@ impl<S: Storage> Partition<S> {
             .await
             .map_err(io("open"))?;
         let written_bytes = file.size().await.map_err(io("size"))?;
-        self.state.borrow_mut().spare = Spare::Ready {
+        self.state.borrow_mut().spare = Some(Spare {
             file: Rc::new(file),
             previous_salt,
             written_bytes,
-        };
+        });
         self.changed.notify_all();
         Ok(())
     }
@@ -126,19 +113,13 @@ impl<S: Storage> Partition<S> {
         &self,
         base_offset: u64,
     ) -> Result<Option<NextSegment<S::File>>> {
-        let (file, previous_salt, written_bytes) = {
-            let mut st = self.state.borrow_mut();
-            match std::mem::replace(&mut st.spare, Spare::Absent) {
-                Spare::Ready {
-                    file,
-                    previous_salt,
-                    written_bytes,
-                } => (file, previous_salt, written_bytes),
-                other => {
-                    st.spare = other;
-                    return Ok(None);
-                }
-            }
+        let Some(Spare {
+            file,
+            previous_salt,
+            written_bytes,
+        }) = self.state.borrow_mut().spare.take()
+        else {
+            return Ok(None);
         };
         let Some(salt) = self.draw_salt(previous_salt) else {
             self.remove_spare().await;

@@ -6,9 +6,7 @@
 //! each filling at once would swamp the disk and the request path behind it. The budget lets at
 //! most [`ZERO_FILLS_PER_SHARD_MAX`] fills run at once on a shard: a partition that finds it
 //! exhausted skips the fill and asks again on its next append, so the partitions appending most
-//! often win the free slots, and a cold partition simply writes into unfilled space. Each
-//! 256 KiB step of zero-filling a spare segment (`spare.rs`) takes a permit too, and retries
-//! after a pause when none is free.
+//! often win the free slots, and a cold partition simply writes into unfilled space.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -23,9 +21,9 @@ pub struct ZeroFillStats {
     pub in_flight: usize,
     /// Most fills ever running at once (never above [`ZERO_FILLS_PER_SHARD_MAX`]).
     pub in_flight_peak: usize,
-    /// Fills started (spare zero-fill steps included).
+    /// Fills started.
     pub started: u64,
-    /// Fills wanted but skipped because the budget was exhausted.
+    /// Fills a partition wanted but skipped because the budget was exhausted.
     pub skipped_busy: u64,
 }
 

@@ -10,7 +10,6 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::rc::Rc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
@@ -256,10 +255,6 @@ impl Storage for DmaStorage {
             Ok(task) => drop(task.detach()),
             Err(e) => tracing::warn!(error = %e, "cannot spawn background work"),
         }
-    }
-
-    async fn pause(&self, duration: Duration) {
-        glommio::timer::sleep(duration).await;
     }
 
     fn random_u32(&self) -> io::Result<u32> {

@@ -1,16 +1,15 @@
 //! The storage I/O boundary: the only way the engine touches files, directories and the clock.
 //!
 //! The trait is deliberately narrow (open, aligned write, read, fdatasync, truncate, map,
-//! rename, remove, list, directory sync, a pause) and async with static dispatch (a type
-//! parameter, never `dyn`), so the production backend ([`DmaStorage`], O_DIRECT through io_uring) and the
-//! simulator ([`SimStorage`], deterministic, crash- and fault-injecting) are interchangeable.
-//! Everything here lives on one executor: nothing is `Send`.
+//! rename, remove, list, directory sync, a random number) and async with static dispatch (a
+//! type parameter, never `dyn`), so the production backend ([`DmaStorage`], O_DIRECT through
+//! io_uring) and the simulator ([`SimStorage`], deterministic, crash- and fault-injecting) are
+//! interchangeable. Everything here lives on one executor: nothing is `Send`.
 
 use std::future::Future;
 use std::io;
 use std::path::Path;
 use std::rc::Rc;
-use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -96,9 +95,6 @@ pub trait Storage: 'static {
     fn now_ms(&self) -> i64;
     /// Runs `work` off the hot path (a low-priority task queue for the real backend).
     fn spawn_background(&self, work: impl Future<Output = ()> + 'static);
-    /// Waits about `duration` between two pieces of paced background work (a timer for the
-    /// real backend; the simulator has no pacing and only lets other tasks run).
-    async fn pause(&self, duration: Duration);
     /// A random `u32` no client can predict (the OS source for the real backend; the seeded
     /// stream in the simulator). Seeds the CRCs of a recycled segment.
     fn random_u32(&self) -> io::Result<u32>;

@@ -15,7 +15,6 @@ use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -572,10 +571,6 @@ impl Storage for SimStorage {
     fn spawn_background(&self, work: impl Future<Output = ()> + 'static) {
         // Same task queue as the caller: FIFO order keeps the simulation deterministic.
         glommio::spawn_local(work).detach();
-    }
-
-    async fn pause(&self, _duration: Duration) {
-        crate::notify::yield_once().await;
     }
 
     fn random_u32(&self) -> io::Result<u32> {
