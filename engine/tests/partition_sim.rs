@@ -1035,10 +1035,24 @@ const SALT: u32 = 0x5a17_0001;
 /// unsynced bytes at most, plus padding).
 const PAST_TORN_ZONE: usize = 8 * 1024 * 1024 + 64 * 1024;
 
-/// Leaves partition orders/3 as a crash right after a roll to a recycled file would: segment 0
-/// sealed (cut to its data: offsets 0..4) and `<4>.<SALT>.log` active, holding `active`.
-async fn crash_into_recycled_segment(sim: &SimStorage, config: &PartitionConfig, active: Vec<u8>) {
-    let s = shard(sim);
+/// After a crash right after a roll to a recycled file: segment 0 sealed (cut to its data:
+/// offsets 0..4) and `<4>.<SALT>.log` active, holding `active`.
+struct RecycledRecovery {
+    sim: SimStorage,
+    /// The recycled file's bytes before recovery.
+    before: Vec<u8>,
+    _shard: Shard<SimStorage>,
+    partition: std::rc::Rc<shardlog_engine::Partition<SimStorage>>,
+}
+
+/// Sets up the state above, then recovers the partition (64 MiB segments).
+async fn recover_recycled_segment(active: Vec<u8>) -> RecycledRecovery {
+    let sim = SimStorage::new(SimConfig::default());
+    let config = PartitionConfig {
+        segment_bytes_max: 64 << 20,
+        ..small_config()
+    };
+    let s = shard(&sim);
     let p = s.open_partition(pid(), config.clone(), true).await.unwrap();
     fill(&p, 2, 2, 1).await;
     let data_bytes = p.size_bytes() as usize;
@@ -1051,7 +1065,15 @@ async fn crash_into_recycled_segment(sim: &SimStorage, config: &PartitionConfig,
     let path = recycled_segment_path();
     sim.open(&path, OpenMode::CreateTruncate).await.unwrap();
     sim.sync_dir(path.parent().unwrap()).await.unwrap();
-    assert!(sim.set_file_contents(&path, active));
+    assert!(sim.set_file_contents(&path, active.clone()));
+    let shard = shard(&sim);
+    let partition = shard.open_partition(pid(), config, false).await.unwrap();
+    RecycledRecovery {
+        sim,
+        before: active,
+        _shard: shard,
+        partition,
+    }
 }
 
 fn recycled_segment_path() -> PathBuf {
@@ -1073,11 +1095,6 @@ fn stale_bytes(len: usize) -> Vec<u8> {
 #[test]
 fn a_batch_planted_in_a_recycled_segments_stale_bytes_is_not_taken_for_later_data() {
     run(|| async {
-        let sim = SimStorage::new(SimConfig::default());
-        let config = PartitionConfig {
-            segment_bytes_max: 64 << 20,
-            ..small_config()
-        };
         // The new life: two records (offsets 4, 5), then half a batch a crash cut.
         let mut active = encode_salted_batch(SALT, 4, None, &batch("kept", 2, 1).records).to_vec();
         let torn = encode_salted_batch(SALT, 6, None, &batch("torn", 2, 1).records);
@@ -1090,11 +1107,12 @@ fn a_batch_planted_in_a_recycled_segments_stale_bytes_is_not_taken_for_later_dat
         file[..active.len()].copy_from_slice(&active);
         file.extend_from_slice(&encode_batch(1, None, &planted.records));
         file.extend(stale_bytes(1 << 20));
-        crash_into_recycled_segment(&sim, &config, file).await;
-        let before = sim.file_contents(&recycled_segment_path()).unwrap();
-
-        let s = shard(&sim);
-        let p = s.open_partition(pid(), config, false).await.unwrap();
+        let RecycledRecovery {
+            sim,
+            before,
+            partition: p,
+            ..
+        } = recover_recycled_segment(file).await;
         assert_eq!(
             p.fault(),
             None,
@@ -1121,11 +1139,6 @@ fn a_batch_planted_in_a_recycled_segments_stale_bytes_is_not_taken_for_later_dat
 #[test]
 fn corruption_in_a_recycled_segment_with_later_synced_batches_is_not_a_torn_tail() {
     run(|| async {
-        let sim = SimStorage::new(SimConfig::default());
-        let config = PartitionConfig {
-            segment_bytes_max: 64 << 20,
-            ..small_config()
-        };
         // Acknowledged batches of 64 KiB reaching past the torn zone, over stale bytes.
         let mut big = batch("big", 1, 1);
         big.records[0].value = Bytes::from(vec![7; 64 * 1024]);
@@ -1137,26 +1150,17 @@ fn corruption_in_a_recycled_segment_with_later_synced_batches_is_not_a_torn_tail
         }
         active.extend(stale_bytes(1 << 20));
         active[100_000] ^= 0x10; // inside the second batch
-        crash_into_recycled_segment(&sim, &config, active).await;
-        let path = recycled_segment_path();
-        let before = sim.file_contents(&path).unwrap();
-
-        let s = shard(&sim);
-        let p = s.open_partition(pid(), config, false).await.unwrap();
-        let fault = p.fault().expect("acknowledged data is corrupt");
+        let r = recover_recycled_segment(active).await;
+        let fault = r.partition.fault().expect("acknowledged data is corrupt");
         assert!(fault.contains("later synced rounds"), "{fault}");
-        assert_eq!(sim.file_contents(&path).unwrap(), before, "nothing was cut");
+        let after = r.sim.file_contents(&recycled_segment_path()).unwrap();
+        assert_eq!(after, r.before, "nothing was cut");
     });
 }
 
 #[test]
 fn a_whole_batch_of_the_crashed_round_in_a_recycled_segment_is_cut_not_kept() {
     run(|| async {
-        let sim = SimStorage::new(SimConfig::default());
-        let config = PartitionConfig {
-            segment_bytes_max: 64 << 20,
-            ..small_config()
-        };
         // The crashed round wrote offsets 6-7 and 8; a page in the middle of 6-7 never reached
         // the disk, so 8 is whole and valid but was never acknowledged.
         let mut round = batch("round", 2, 1);
@@ -1170,10 +1174,9 @@ fn a_whole_batch_of_the_crashed_round_in_a_recycled_segment_is_cut_not_kept() {
         file[kept.len()..whole_at].copy_from_slice(&torn);
         file[whole_at..whole_at + whole.len()].copy_from_slice(&whole);
         file[kept.len() + 3000..kept.len() + 4000].fill(0x11);
-        crash_into_recycled_segment(&sim, &config, file).await;
-
-        let s = shard(&sim);
-        let p = s.open_partition(pid(), config, false).await.unwrap();
+        let RecycledRecovery {
+            sim, partition: p, ..
+        } = recover_recycled_segment(file).await;
         assert_eq!(p.fault(), None);
         assert_eq!(p.offsets().log_end, 6);
         let after = sim.file_contents(&recycled_segment_path()).unwrap();
