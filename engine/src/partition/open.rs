@@ -52,7 +52,8 @@ const EVIDENCE_WINDOW_BYTES: u64 = BATCH_BYTES_MAX as u64 + IO_ALIGN_BYTES as u6
 /// Most bytes checksummed while searching a salted segment's evidence window for one of its
 /// batches. Stale batches cost none (their offsets fail first); only batch-shaped bytes with
 /// plausible offsets inside record values cost a CRC pass, and a budget this size (about
-/// 0.1 s) runs out only if a client planted many. Running out counts as evidence: refusing
+/// 60 ms at the 16 GiB/s of `codec/crc32_1MiB` in docs/benchmarks.md) runs out only if a
+/// client planted many. Running out counts as evidence: refusing
 /// service is recoverable, cutting acknowledged data is not.
 const EVIDENCE_CRC_BYTES_MAX: u64 = 1 << 30;
 
