@@ -246,6 +246,7 @@ fn config(target: String, shape: Shape) -> LoadConfig {
         inflight_max: 1000,
         timeout_ms: 10_000,
         seed: 3,
+        timeline_ms: None,
     }
 }
 
@@ -256,9 +257,15 @@ fn run(config: &LoadConfig) -> RunReport {
 #[test]
 fn honest_server_passes_open_and_closed_loop_with_read_back() {
     let target = start_fake(Fault::None);
-    let open = run(&config(target.clone(), Shape::Produce));
+    let mut open = config(target.clone(), Shape::Produce);
+    open.timeline_ms = Some(100.0);
+    let open = run(&open);
     assert!(open.is_clean(), "{}", open.summary());
     assert!(open.ok_requests > 0);
+    // The timeline cuts the 0.3 s measured window in three and holds every answered request.
+    assert_eq!(open.timeline.len(), 3);
+    let in_windows: u64 = open.timeline.iter().map(|w| w.requests).sum();
+    assert_eq!(in_windows, open.ok_requests);
     assert_eq!(open.verification.partitions_ok, 3);
     assert_eq!(
         open.verification.read_back_records,

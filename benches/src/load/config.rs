@@ -3,6 +3,8 @@
 
 use serde::Serialize;
 
+use super::stats::TIMELINE_WINDOWS_MAX;
+
 /// Most connections one generator opens.
 pub const CONNECTIONS_MAX: u32 = 1024;
 /// Most long-lived streams per connection (streaming shapes).
@@ -138,12 +140,15 @@ pub struct LoadConfig {
     /// Seed of the schedule and key choice.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Also report latency per window of this many ms of due time (when the tail happened).
+    #[arg(long, value_name = "MS")]
+    pub timeline_ms: Option<f64>,
 }
 
 impl LoadConfig {
     /// Checks every bound; the error names the offending setting.
     pub fn validate(&self) -> Result<(), String> {
-        let checks: [(bool, &str); 12] = [
+        let checks: [(bool, &str); 13] = [
             (self.partitions >= 1, "--partitions must be >= 1"),
             (
                 self.rate > 0.0 && self.rate.is_finite(),
@@ -179,6 +184,12 @@ impl LoadConfig {
             (
                 (0.0..=60_000.0).contains(&self.linger_ms),
                 "--linger-ms out of 0..=60000",
+            ),
+            (
+                self.timeline_ms.is_none_or(|ms| {
+                    ms >= 1.0 && self.duration_s * 1e3 / ms <= TIMELINE_WINDOWS_MAX as f64
+                }),
+                "--timeline-ms must be >= 1 and cut --duration-s into at most 1000 windows",
             ),
             (
                 !(self.shape == Shape::Producer && self.closed_loop.is_some()),

@@ -25,7 +25,7 @@ use shardlog_wire::{Code, Status};
 
 use super::config::{AckMode, LoadConfig, Shape};
 use super::schedule::{Arrivals, PartitionPicker, SCHEDULE_SLACK};
-use super::stats::{Recorder, RunReport, Verification};
+use super::stats::{Recorder, RunReport, Timeline, Verification};
 use super::verify::{self, Ack, AckLog, FETCH_PATH, decode_key, encode_key, payload};
 
 /// `/shardlog.v1.Log/Produce`.
@@ -153,9 +153,12 @@ impl Run {
                 }
                 if measured && self.record_produce {
                     let records = u64::from(request.record_count);
-                    self.recorder
-                        .borrow_mut()
-                        .ok(done - request.due, done - request.sent, records);
+                    self.recorder.borrow_mut().ok(
+                        request.due,
+                        done - request.due,
+                        done - request.sent,
+                        records,
+                    );
                     self.progress.inc(1);
                 }
             }
@@ -200,12 +203,16 @@ async fn run_in_executor(config: LoadConfig, show_progress: bool) -> Result<RunR
     let measure_from = start + Duration::from_secs_f64(config.warmup_s);
     let measure_until = measure_from + Duration::from_secs_f64(config.duration_s);
     let record_produce = config.shape != Shape::Subscribe;
+    let timeline = config.timeline_ms.map(|ms| {
+        let window = Duration::from_secs_f64(ms / 1000.0);
+        Timeline::new(measure_from, window, measure_until - measure_from)
+    });
     let run = Rc::new(Run {
         payload: payload(config.record_bytes),
         progress: progress_bar(&config, show_progress),
         config,
         channels,
-        recorder: RefCell::new(Recorder::new()),
+        recorder: RefCell::new(Recorder::new(timeline)),
         acks: RefCell::new(AckLog {
             start_offsets,
             ..AckLog::default()
@@ -449,7 +456,7 @@ fn issue_empty(run: &Rc<Run>, pending: Pending) {
                 Ok(_) => {
                     run.recorder
                         .borrow_mut()
-                        .ok(done - pending.due, done - sent, 0);
+                        .ok(pending.due, done - pending.due, done - sent, 0);
                     run.progress.inc(1);
                 }
                 Err(status) => run.recorder.borrow_mut().error(code_name(&status)),
@@ -567,7 +574,9 @@ async fn closed_empty_caller(run: &Rc<Run>, caller: u32) {
         if run.measured(sent) {
             match result {
                 Ok(_) => {
-                    run.recorder.borrow_mut().ok(done - sent, done - sent, 0);
+                    run.recorder
+                        .borrow_mut()
+                        .ok(sent, done - sent, done - sent, 0);
                     run.progress.inc(1);
                 }
                 Err(status) => run.recorder.borrow_mut().error(code_name(&status)),
@@ -696,10 +705,12 @@ async fn run_append(run: &Rc<Run>, start: Instant) -> Verification {
                 let done = Instant::now();
                 if sender_run.measured(pending.due) {
                     let records = u64::from(pending.record_count);
-                    sender_run
-                        .recorder
-                        .borrow_mut()
-                        .ok(done - pending.due, done - sent, records);
+                    sender_run.recorder.borrow_mut().ok(
+                        pending.due,
+                        done - pending.due,
+                        done - sent,
+                        records,
+                    );
                     sender_run.progress.inc(1);
                 }
             }
@@ -864,7 +875,7 @@ async fn fetch_one(run: &Run, pending: Pending, ack: Ack) {
                 let records = response.records.len() as u64;
                 run.recorder
                     .borrow_mut()
-                    .ok(done - pending.due, done - sent, records);
+                    .ok(pending.due, done - pending.due, done - sent, records);
                 run.progress.inc(1);
             } else {
                 run.recorder.borrow_mut().error("WRONG_RECORDS");
@@ -935,7 +946,7 @@ async fn run_subscribe(run: &Rc<Run>, start: Instant) -> Verification {
                         sub_run
                             .recorder
                             .borrow_mut()
-                            .ok(now - due, now - due, records);
+                            .ok(due, now - due, now - due, records);
                         sub_run.progress.inc(1);
                     }
                 }

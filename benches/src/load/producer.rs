@@ -248,7 +248,7 @@ async fn collect(run: &Run, partition: u32, deliveries: LocalReceiver<Sent>) {
                 if measured {
                     run.recorder
                         .borrow_mut()
-                        .ok(done - from, done - record.sent, 1);
+                        .ok(record.due, done - from, done - record.sent, 1);
                     run.progress.inc(1);
                 }
             }

@@ -2,7 +2,7 @@
 //! summary and the JSON line).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -13,6 +13,12 @@ use super::config::LoadConfig;
 pub const LATENCY_US_MAX: u64 = 60_000_000;
 /// Significant digits of the histograms.
 const HISTOGRAM_DIGITS: u8 = 3;
+
+/// Most windows a timeline holds (`--timeline-ms` against `--duration-s`).
+pub const TIMELINE_WINDOWS_MAX: u64 = 1000;
+/// Significant digits of a timeline window's histogram (fewer than the run's: a thousand of
+/// them stay within a few tens of MiB).
+const TIMELINE_HISTOGRAM_DIGITS: u8 = 2;
 
 /// Percentiles every report carries.
 pub const REPORTED_PERCENTILES: [f64; 7] = [50.0, 90.0, 99.0, 99.9, 99.99, 99.999, 100.0];
@@ -32,43 +38,118 @@ pub struct Recorder {
     pub errors: BTreeMap<String, u64>,
     /// Requests not sent because `inflight_max` was reached (open loop).
     pub overflowed: u64,
+    /// Latency per window of due time (`--timeline-ms`).
+    pub timeline: Option<Timeline>,
 }
 
 impl Default for Recorder {
     fn default() -> Recorder {
-        Recorder::new()
+        Recorder::new(None)
     }
 }
 
 impl Recorder {
-    /// An empty recorder.
-    pub fn new() -> Recorder {
-        let histogram = || {
-            Histogram::new_with_bounds(1, LATENCY_US_MAX, HISTOGRAM_DIGITS)
-                .expect("constant histogram bounds are valid")
-        };
+    /// An empty recorder, with a timeline when given one.
+    pub fn new(timeline: Option<Timeline>) -> Recorder {
         Recorder {
-            latency_us: histogram(),
-            service_us: histogram(),
+            latency_us: histogram(HISTOGRAM_DIGITS),
+            service_us: histogram(HISTOGRAM_DIGITS),
             ok_requests: 0,
             ok_records: 0,
             errors: BTreeMap::new(),
             overflowed: 0,
+            timeline,
         }
     }
 
-    /// One successful request of `records` records.
-    pub fn ok(&mut self, latency: Duration, service: Duration, records: u64) {
+    /// One successful request of `records` records, due at `due`.
+    pub fn ok(&mut self, due: Instant, latency: Duration, service: Duration, records: u64) {
         self.latency_us.saturating_record(micros(latency));
         self.service_us.saturating_record(micros(service));
         self.ok_requests += 1;
         self.ok_records += records;
+        if let Some(timeline) = &mut self.timeline {
+            timeline.record(due, micros(latency));
+        }
     }
 
     /// One failed request.
     pub fn error(&mut self, code: &str) {
         *self.errors.entry(code.to_owned()).or_default() += 1;
     }
+}
+
+fn histogram(digits: u8) -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_US_MAX, digits)
+        .expect("constant histogram bounds are valid")
+}
+
+/// Latency of the measured window cut into equal windows of due time: shows when the tail
+/// happened (a stall every 100 ms looks different from a slow minute).
+#[derive(Debug)]
+pub struct Timeline {
+    origin: Instant,
+    window: Duration,
+    windows: Vec<Histogram<u64>>,
+}
+
+impl Timeline {
+    /// Windows of `window` from `origin` covering `measured` (at most
+    /// [`TIMELINE_WINDOWS_MAX`]; later due times are not recorded).
+    pub fn new(origin: Instant, window: Duration, measured: Duration) -> Timeline {
+        assert!(!window.is_zero(), "a timeline window is longer than zero");
+        let count = measured.as_nanos().div_ceil(window.as_nanos()).max(1);
+        let count = count.min(u128::from(TIMELINE_WINDOWS_MAX)) as usize;
+        Timeline {
+            origin,
+            window,
+            windows: (0..count)
+                .map(|_| histogram(TIMELINE_HISTOGRAM_DIGITS))
+                .collect(),
+        }
+    }
+
+    fn record(&mut self, due: Instant, latency_us: u64) {
+        let since = due.saturating_duration_since(self.origin);
+        let index = since.as_nanos() / self.window.as_nanos();
+        if let Some(window) = usize::try_from(index)
+            .ok()
+            .and_then(|i| self.windows.get_mut(i))
+        {
+            window.saturating_record(latency_us);
+        }
+    }
+
+    /// One summary per window, in time order.
+    pub fn report(&self) -> Vec<TimelineWindow> {
+        let window_ms = self.window.as_secs_f64() * 1e3;
+        self.windows
+            .iter()
+            .enumerate()
+            .map(|(i, h)| TimelineWindow {
+                start_ms: i as f64 * window_ms,
+                requests: h.len(),
+                p50_us: h.value_at_percentile(50.0),
+                p99_us: h.value_at_percentile(99.0),
+                max_us: h.max(),
+            })
+            .collect()
+    }
+}
+
+/// One window of a [`Timeline`]: requests due in it and their latency.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelineWindow {
+    /// Window start, in ms after the measured window's start.
+    pub start_ms: f64,
+    /// Requests answered OK (records, for the producer shape).
+    pub requests: u64,
+    /// Median latency in microseconds.
+    pub p50_us: u64,
+    /// 99th percentile latency in microseconds.
+    pub p99_us: u64,
+    /// Largest latency in microseconds.
+    pub max_us: u64,
 }
 
 fn micros(duration: Duration) -> u64 {
@@ -154,6 +235,9 @@ pub struct RunReport {
     pub service: Percentiles,
     /// Produced-data checks.
     pub verification: Verification,
+    /// Latency per window of due time (`--timeline-ms`; empty without it).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<TimelineWindow>,
 }
 
 impl RunReport {
@@ -188,6 +272,11 @@ impl RunReport {
             latency: Percentiles::of(&recorder.latency_us),
             service: Percentiles::of(&recorder.service_us),
             verification,
+            timeline: recorder
+                .timeline
+                .as_ref()
+                .map(Timeline::report)
+                .unwrap_or_default(),
         }
     }
 
@@ -216,6 +305,12 @@ impl RunReport {
                 .collect();
             out += &format!("  {name}: {}\n", points.join(" "));
         }
+        for w in &self.timeline {
+            out += &format!(
+                "  window {:>9.1} ms: {:>8} ok, latency p50={}us p99={}us max={}us\n",
+                w.start_ms, w.requests, w.p50_us, w.p99_us, w.max_us
+            );
+        }
         out += &format!(
             "  errors: {:?}, overflowed: {}, verified: {} acks / {} records, {} partitions ok, {} read back, {} stored unacked (failed requests), problems: {:?}",
             self.errors,
@@ -237,9 +332,11 @@ mod tests {
 
     #[test]
     fn recorder_counts_and_percentiles() {
-        let mut recorder = Recorder::new();
+        let mut recorder = Recorder::new(None);
+        let due = Instant::now();
         for us in 1..=100u64 {
             recorder.ok(
+                due,
                 Duration::from_micros(us * 10),
                 Duration::from_micros(us),
                 10,
@@ -251,5 +348,29 @@ mod tests {
         assert!((495..=505).contains(&latency.at(50.0)));
         assert!((995..=1001).contains(&latency.at(100.0)));
         assert_eq!(recorder.errors["UNAVAILABLE"], 1);
+    }
+
+    #[test]
+    fn timeline_puts_each_request_in_the_window_it_was_due() {
+        let origin = Instant::now();
+        let window = Duration::from_millis(100);
+        let timeline = Timeline::new(origin, window, Duration::from_millis(250));
+        let mut recorder = Recorder::new(Some(timeline));
+        let at = |ms| origin + Duration::from_millis(ms);
+        let us = Duration::from_micros;
+        recorder.ok(at(10), us(500), us(500), 1);
+        recorder.ok(at(99), us(700), us(700), 1);
+        recorder.ok(at(150), us(9000), us(9000), 1);
+        recorder.ok(at(400), us(1), us(1), 1); // past the measured window: not in one
+        let report = recorder.timeline.as_ref().map(Timeline::report).unwrap();
+        let windows: Vec<_> = report.iter().map(|w| (w.requests, w.max_us)).collect();
+        assert_eq!(windows.len(), 3);
+        assert_eq!(windows[0].0, 2);
+        assert!((695..=705).contains(&windows[0].1));
+        assert_eq!(windows[1].0, 1);
+        assert!((8950..=9050).contains(&windows[1].1));
+        assert_eq!(windows[2], (0, 0));
+        assert_eq!(report[1].start_ms, 100.0);
+        assert_eq!(recorder.ok_requests, 4);
     }
 }
