@@ -173,6 +173,8 @@ pub struct ProducerStats {
 
 /// What the producer knows of one topic.
 struct TopicQueues {
+    /// The map's key, shared with the topic's queues.
+    name: Rc<str>,
     partition_count: u32,
     /// `queue_index[p]`: partition `p`'s queue in `State::queues`, once used.
     queue_index: Vec<Option<usize>>,
@@ -182,7 +184,7 @@ struct TopicQueues {
 struct State {
     stats: ProducerStats,
     /// Per topic: its partition count (learnt with DescribeTopic) and the
-    /// index of each partition's queue, one hash lookup per record.
+    /// index of each partition's queue, one hash lookup per record (`route`).
     topics: HashMap<Rc<str>, TopicQueues>,
     /// Every queue; `queues[i]` belongs to pool slot `i % slots`.
     queues: Vec<PartitionQueue>,
@@ -299,19 +301,11 @@ impl<R: Runtime> Producer<R> {
                 batch_bytes_max: shared.config.batch_bytes_max,
             });
         }
-        let partition_count = self.partition_count(topic).await?;
-        let partition = match partition {
-            Some(partition) if partition >= partition_count => {
-                return Err(ClientError::Topic {
-                    topic: topic.to_owned(),
-                    reason: format!("partition {partition} out of range (count {partition_count})"),
-                });
-            }
-            Some(partition) => partition,
-            None => self.choose_partition(record.key.as_deref(), partition_count),
-        };
+        let queue = self
+            .queue_for(topic, partition, record.key.as_deref())
+            .await?;
         self.reserve(record_bytes).await?;
-        Ok(shared.append(topic, partition, record))
+        Ok(shared.append(queue, record))
     }
 
     /// Seals every open batch now and waits until every record sent before
@@ -348,10 +342,24 @@ impl<R: Runtime> Producer<R> {
         self.shared.state.borrow().buffered_records
     }
 
-    async fn partition_count(&self, topic: &str) -> Result<u32, ClientError> {
-        if let Some(known) = self.shared.state.borrow().topics.get(topic) {
-            return Ok(known.partition_count);
+    /// The queue a record for `topic` goes to: `partition`, or the one its key hashes to
+    /// when `None`. Learns the topic's partition count with DescribeTopic on first use.
+    async fn queue_for(
+        &self,
+        topic: &str,
+        partition: Option<u32>,
+        key: Option<&[u8]>,
+    ) -> Result<usize, ClientError> {
+        if let Some(routed) = self.shared.route(topic, partition, key) {
+            return routed;
         }
+        self.learn_topic(topic).await?;
+        self.shared
+            .route(topic, partition, key)
+            .expect("a learnt topic stays known")
+    }
+
+    async fn learn_topic(&self, topic: &str) -> Result<(), ClientError> {
         let description = self.shared.client.admin().describe_topic(topic).await?;
         if description.partition_count == 0 {
             return Err(ClientError::Topic {
@@ -360,26 +368,17 @@ impl<R: Runtime> Producer<R> {
             });
         }
         let count = description.partition_count;
+        let name: Rc<str> = Rc::from(topic);
         let mut state = self.shared.state.borrow_mut();
         state
             .topics
-            .entry(Rc::from(topic))
+            .entry(name.clone())
             .or_insert_with(|| TopicQueues {
+                name,
                 partition_count: count,
                 queue_index: vec![None; count as usize],
             });
-        Ok(count)
-    }
-
-    fn choose_partition(&self, key: Option<&[u8]>, partition_count: u32) -> u32 {
-        match key {
-            Some(key) => (fnv1a_64(key) % u64::from(partition_count)) as u32,
-            None => {
-                let mut state = self.shared.state.borrow_mut();
-                state.round_robin = state.round_robin.wrapping_add(1);
-                state.round_robin % partition_count
-            }
-        }
+        Ok(())
     }
 
     /// Takes buffer room for one record, waiting or failing when full.
@@ -432,53 +431,66 @@ impl<R: Runtime> Shared<R> {
         self.slot_wakeups.len()
     }
 
-    fn append(&self, topic: &str, partition: u32, record: pb::Record) -> DeliveryFuture {
+    fn append(&self, queue: usize, record: pb::Record) -> DeliveryFuture {
         let mut state = self.state.borrow_mut();
-        let index = self.queue_of(&mut state, topic, partition);
-        let (future, changed) = state.queues[index].append(record, Instant::now);
+        let (future, changed) = state.queues[queue].append(record, Instant::now);
         drop(state);
         if changed {
-            self.slot_wakeups[index % self.slots()].notify();
+            self.slot_wakeups[queue % self.slots()].notify();
         }
         future
     }
 
-    /// The queue of (topic, partition), created on first use. The topic is
-    /// known: `send` learnt its partition count first.
-    fn queue_of(&self, state: &mut State, topic: &str, partition: u32) -> usize {
-        let known = state
-            .topics
-            .get(topic)
-            .and_then(|t| t.queue_index.get(partition as usize));
-        if let Some(Some(index)) = known {
-            return *index;
+    /// The queue of (topic, chosen partition), created on first use; `None` while the
+    /// topic's partition count is unknown. One hash lookup of the topic.
+    fn route(
+        &self,
+        topic: &str,
+        partition: Option<u32>,
+        key: Option<&[u8]>,
+    ) -> Option<Result<usize, ClientError>> {
+        let mut state = self.state.borrow_mut();
+        let State {
+            topics,
+            queues,
+            round_robin,
+            ..
+        } = &mut *state;
+        let known = topics.get_mut(topic)?;
+        let count = known.partition_count;
+        let partition = match (partition, key) {
+            (Some(partition), _) if partition >= count => {
+                return Some(Err(ClientError::Topic {
+                    topic: topic.to_owned(),
+                    reason: format!("partition {partition} out of range (count {count})"),
+                }));
+            }
+            (Some(partition), _) => partition,
+            (None, Some(key)) => (fnv1a_64(key) % u64::from(count)) as u32,
+            (None, None) => {
+                *round_robin = round_robin.wrapping_add(1);
+                *round_robin % count
+            }
+        };
+        let slot = &mut known.queue_index[partition as usize];
+        if let Some(index) = *slot {
+            return Some(Ok(index));
         }
-        let index = state.queues.len();
+        let index = queues.len();
         let limits = BatchLimits {
             records_max: self.config.batch_records_max,
             bytes_max: self.config.batch_bytes_max,
             linger: self.config.linger,
         };
-        let producer_id = self.new_producer_id();
-        let topic: Rc<str> = state
-            .topics
-            .get_key_value(topic)
-            .map_or_else(|| Rc::from(topic), |(name, _)| name.clone());
-        state.queues.push(PartitionQueue::new(
-            topic.clone(),
+        queues.push(PartitionQueue::new(
+            known.name.clone(),
             partition,
-            producer_id,
+            self.new_producer_id(),
             limits,
             self.config.ack as i32,
         ));
-        if let Some(slot) = state
-            .topics
-            .get_mut(&topic)
-            .and_then(|t| t.queue_index.get_mut(partition as usize))
-        {
-            *slot = Some(index);
-        }
-        index
+        *slot = Some(index);
+        Some(Ok(index))
     }
 
     fn new_producer_id(&self) -> u64 {
