@@ -33,6 +33,9 @@ use super::verify::{Ack, RECORD_KEY_BYTES, encode_key};
 /// when it looked (acks of one batch resolve together; this bounds how stale a reused
 /// timestamp can be while the collector works through a backlog).
 const CLOCK_REUSE_ACKS_MAX: u32 = 64;
+/// Acks a collector counts before it moves the progress bar (per record it would cost more
+/// than the rest of the ack's bookkeeping).
+const PROGRESS_STEP_ACKS: u64 = 1024;
 /// Keys carved from one allocation (12 bytes each): one allocation per 4096 records.
 const KEY_ARENA_KEYS: usize = 4096;
 /// Bytes the producer may buffer (its record bound is `--inflight-max`).
@@ -215,6 +218,7 @@ async fn collect(run: &Run, partition: u32, deliveries: LocalReceiver<Sent>) {
     let mut range: Option<Ack> = None;
     let mut done = Instant::now();
     let mut clock_reuses = 0u32;
+    let mut progress_unshown = 0u64;
     while let Some(record) = deliveries.recv().await {
         let mut delivery = record.delivery;
         let result = match future::poll_once(&mut delivery).await {
@@ -249,7 +253,11 @@ async fn collect(run: &Run, partition: u32, deliveries: LocalReceiver<Sent>) {
                     run.recorder
                         .borrow_mut()
                         .ok(record.due, done - from, done - record.sent, 1);
-                    run.progress.inc(1);
+                    progress_unshown += 1;
+                    if progress_unshown == PROGRESS_STEP_ACKS {
+                        run.progress.inc(progress_unshown);
+                        progress_unshown = 0;
+                    }
                 }
             }
             Err(error) => {
@@ -260,6 +268,7 @@ async fn collect(run: &Run, partition: u32, deliveries: LocalReceiver<Sent>) {
             }
         }
     }
+    run.progress.inc(progress_unshown);
     if let Some(last) = range {
         run.acks.borrow_mut().push(last, last.record_count);
     }
