@@ -124,6 +124,10 @@ struct Scenario {
     /// Also run shardlog with pre-zeroing off, interleaved (its control).
     prezero_off: bool,
     grpc_testing: bool,
+    /// shardlog's `[storage]` settings for this scenario (`key = value` lines; none: defaults).
+    storage: &'static [&'static str],
+    /// The scenario's warm-up is at least this long (a steady state takes time to reach).
+    warmup_s_min: f64,
     steps: Vec<Step>,
 }
 
@@ -146,6 +150,8 @@ fn scenarios(smoke: bool) -> Vec<Scenario> {
             peer: true,
             prezero_off: false,
             grpc_testing: false,
+            storage: &[],
+            warmup_s_min: 0.0,
             steps: vec![Step::Fixed(with(&batched, &["--closed-loop", "1"]))],
         },
         Scenario {
@@ -154,6 +160,8 @@ fn scenarios(smoke: bool) -> Vec<Scenario> {
             peer: true,
             prezero_off: false,
             grpc_testing: false,
+            storage: &[],
+            warmup_s_min: 0.0,
             steps: vec![Step::Sweep(
                 with(
                     &batched,
@@ -168,6 +176,8 @@ fn scenarios(smoke: bool) -> Vec<Scenario> {
             peer: true,
             prezero_off: false,
             grpc_testing: false,
+            storage: &[],
+            warmup_s_min: 0.0,
             steps: vec![
                 Step::Sweep(
                     with(
@@ -189,6 +199,8 @@ fn scenarios(smoke: bool) -> Vec<Scenario> {
             peer: true,
             prezero_off: false,
             grpc_testing: false,
+            storage: &[],
+            warmup_s_min: 0.0,
             steps: vec![Step::Sweep(
                 args(&[
                     "--shape",
@@ -211,6 +223,35 @@ fn scenarios(smoke: bool) -> Vec<Scenario> {
     if smoke {
         return list;
     }
+    list.push(Scenario {
+        name: "producer-steady",
+        what: "the producer-client load in a steady state with retention: shardlog with 64 MiB segments and \
+               128 MiB retention, so rolls reuse retired segments (the peer keeps its own layout); \
+               open-loop sweep in records/s for the client target's bound, p99 send-to-ack <= 5 ms, from \
+               400,000 records/s; warm-up at least 4 s",
+        peer: true,
+        prezero_off: false,
+        grpc_testing: false,
+        storage: &["segment_bytes_max = 67108864", "retention_bytes_max = 134217728"],
+        warmup_s_min: 4.0,
+        steps: vec![Step::Sweep(
+            args(&[
+                "--shape",
+                "producer",
+                "--batch-records",
+                "1000",
+                "--record-bytes",
+                "100",
+                "--linger-ms",
+                "1",
+                "--rate",
+                "400000",
+                "--sweep-steps",
+                "3",
+            ]),
+            5.0,
+        )],
+    });
     list.extend([
         Scenario {
             name: "produce-stream",
@@ -218,6 +259,8 @@ fn scenarios(smoke: bool) -> Vec<Scenario> {
             peer: true,
             prezero_off: false,
             grpc_testing: false,
+            storage: &[],
+            warmup_s_min: 0.0,
             steps: vec![Step::Fixed(args(&[
                 "--shape", "produce-stream", "--batch-records", "100", "--streams", "4", "--rate", "2000",
             ]))],
@@ -228,6 +271,8 @@ fn scenarios(smoke: bool) -> Vec<Scenario> {
             peer: false,
             prezero_off: false,
             grpc_testing: false,
+            storage: &[],
+            warmup_s_min: 0.0,
             steps: vec![Step::Fixed(args(&[
                 "--shape", "append", "--batch-records", "100", "--streams", "4", "--rate", "2000",
             ]))],
@@ -238,6 +283,8 @@ fn scenarios(smoke: bool) -> Vec<Scenario> {
             peer: false,
             prezero_off: false,
             grpc_testing: false,
+            storage: &[],
+            warmup_s_min: 0.0,
             steps: vec![Step::Fixed(args(&[
                 "--shape", "subscribe", "--subscribers", "16", "--partitions", "4", "--batch-records", "100",
                 "--rate", "500", "--connections", "4",
@@ -249,6 +296,8 @@ fn scenarios(smoke: bool) -> Vec<Scenario> {
             peer: true,
             prezero_off: false,
             grpc_testing: false,
+            storage: &[],
+            warmup_s_min: 0.0,
             steps: vec![Step::Fixed(args(&[
                 "--shape", "fetch", "--batch-records", "100", "--partitions", "4", "--rate", "2000",
             ]))],
@@ -262,6 +311,8 @@ fn scenarios(smoke: bool) -> Vec<Scenario> {
         peer: true,
         prezero_off: false,
         grpc_testing: false,
+        storage: &[],
+        warmup_s_min: 0.0,
         steps: vec![Step::Overload(args(&[
             "--batch-records", "1", "--connections", "16", "--timeout-ms", "2000",
         ]))],
@@ -278,6 +329,8 @@ fn scenarios(smoke: bool) -> Vec<Scenario> {
             peer: true,
             prezero_off: true,
             grpc_testing: false,
+            storage: &[],
+            warmup_s_min: 0.0,
             steps: vec![Step::Fixed(args(&[
                 "--batch-records", "100", "--partitions", partitions, "--rate", "2000", "--connections", "4",
             ]))],
@@ -294,6 +347,8 @@ fn scenarios(smoke: bool) -> Vec<Scenario> {
             peer: true,
             prezero_off: false,
             grpc_testing: false,
+            storage: &[],
+            warmup_s_min: 0.0,
             steps: vec![Step::Fixed(args(&[
                 "--batch-records",
                 "1",
@@ -315,6 +370,8 @@ fn floor_scenario() -> Scenario {
         peer: false,
         prezero_off: false,
         grpc_testing: true,
+        storage: &[],
+        warmup_s_min: 0.0,
         steps: vec![Step::Fixed(args(&[
             "--shape",
             "empty",
@@ -541,7 +598,7 @@ impl Suite {
         let _ = std::fs::remove_dir_all(data_dir);
         std::fs::create_dir_all(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
         let port = free_port()?;
-        let mut child = self.start_server(server, port, data_dir, scenario.grpc_testing)?;
+        let mut child = self.start_server(server, port, data_dir, scenario)?;
         let outcome =
             wait_listening(port).and_then(|()| self.run_steps(scenario, port, child.id()));
         stop(&mut child);
@@ -589,7 +646,7 @@ impl Suite {
                 "--duration-s".to_owned(),
                 self.args.duration_s.to_string(),
                 "--warmup-s".to_owned(),
-                self.args.warmup_s.to_string(),
+                self.args.warmup_s.max(scenario.warmup_s_min).to_string(),
             ];
             let label = match step {
                 Step::Fixed(extra) => {
@@ -670,7 +727,7 @@ impl Suite {
         server: Server,
         port: u16,
         data_dir: &Path,
-        grpc_testing: bool,
+        scenario: &Scenario,
     ) -> Result<Child, String> {
         let cpu = self.args.server_cpu.to_string();
         let mut command = Command::new("taskset");
@@ -688,12 +745,17 @@ impl Suite {
                     ])
                     .args(["--metrics-listen", "off", "--data-dir"])
                     .arg(data_dir);
-                if grpc_testing {
+                if scenario.grpc_testing {
                     command.arg("--grpc-testing");
                 }
+                let mut storage = scenario.storage.to_vec();
                 if server == Server::ShardlogPrezeroOff {
-                    let config = data_dir.join("prezero-off.toml");
-                    std::fs::write(&config, "[storage]\nprezero_segments = false\n")
+                    storage.push("prezero_segments = false");
+                }
+                if !storage.is_empty() {
+                    let config = data_dir.join("shardlog.toml");
+                    let text = format!("[storage]\n{}\n", storage.join("\n"));
+                    std::fs::write(&config, text)
                         .map_err(|e| format!("{}: {e}", config.display()))?;
                     command.arg("--config").arg(config);
                 }
