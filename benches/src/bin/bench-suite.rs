@@ -228,12 +228,13 @@ fn scenarios(smoke: bool) -> Vec<Scenario> {
         what: "the producer-client load in a steady state with retention: shardlog with 64 MiB segments and \
                128 MiB retention, so rolls reuse retired segments (the peer keeps its own layout); \
                open-loop sweep in records/s for the client target's bound, p99 send-to-ack <= 5 ms, from \
-               400,000 records/s; warm-up at least 4 s",
+               400,000 records/s; warm-up at least 8 s (three segments at 400,000 records/s: recycling \
+               has begun before the first measured second)",
         peer: true,
         prezero_off: false,
         grpc_testing: false,
         storage: &["segment_bytes_max = 67108864", "retention_bytes_max = 134217728"],
-        warmup_s_min: 4.0,
+        warmup_s_min: 8.0,
         steps: vec![Step::Sweep(
             args(&[
                 "--shape",
