@@ -17,6 +17,8 @@ use clap::Parser;
 
 /// Most stalls kept per CPU (the count and total stay exact beyond it).
 const STALLS_KEPT_MAX: usize = 10_000;
+/// Shortest sleep of a probe step.
+const SLEEP_US_MIN: u64 = 100;
 /// Real-time priority of the probes: above every normal task, below the kernel's own.
 const PROBE_PRIORITY: i32 = 50;
 
@@ -53,8 +55,20 @@ struct Probe {
 
 fn main() {
     let args = Args::parse();
-    if !(args.duration_s > 0.0 && args.duration_s <= 3600.0) {
-        eprintln!("cpu-stalls: --duration-s out of (0, 3600]");
+    // A real-time thread that never sleeps would starve its CPU: the sleep has a floor.
+    let checks = [
+        (
+            args.duration_s > 0.0 && args.duration_s <= 3600.0,
+            "--duration-s out of (0, 3600]",
+        ),
+        (
+            (SLEEP_US_MIN..=1_000_000).contains(&args.sleep_us),
+            "--sleep-us out of 100..=1000000",
+        ),
+        (args.threshold_us >= 1, "--threshold-us must be >= 1"),
+    ];
+    if let Some((_, message)) = checks.iter().find(|(ok, _)| !ok) {
+        eprintln!("cpu-stalls: {message}");
         std::process::exit(2);
     }
     let cpus = if args.cpus.is_empty() {
