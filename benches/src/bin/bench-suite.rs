@@ -138,6 +138,17 @@ fn args(list: &[&str]) -> Vec<String> {
 fn scenarios(smoke: bool) -> Vec<Scenario> {
     let batched = ["--batch-records", "1000", "--record-bytes", "100"];
     let single = ["--batch-records", "1", "--record-bytes", "100"];
+    // The client library's Producer: single records, batches of up to 1000 or 1 ms linger.
+    let producer = [
+        "--shape",
+        "producer",
+        "--batch-records",
+        "1000",
+        "--record-bytes",
+        "100",
+        "--linger-ms",
+        "1",
+    ];
     let with = |base: &[&str], extra: &[&str]| {
         let mut all = args(base);
         all.extend(args(extra));
@@ -202,20 +213,7 @@ fn scenarios(smoke: bool) -> Vec<Scenario> {
             storage: &[],
             warmup_s_min: 0.0,
             steps: vec![Step::Sweep(
-                args(&[
-                    "--shape",
-                    "producer",
-                    "--batch-records",
-                    "1000",
-                    "--record-bytes",
-                    "100",
-                    "--linger-ms",
-                    "1",
-                    "--rate",
-                    "100000",
-                    "--sweep-steps",
-                    "3",
-                ]),
+                with(&producer, &["--rate", "100000", "--sweep-steps", "3"]),
                 50.0,
             )],
         },
@@ -236,20 +234,7 @@ fn scenarios(smoke: bool) -> Vec<Scenario> {
         storage: &["segment_bytes_max = 67108864", "retention_bytes_max = 134217728"],
         warmup_s_min: 8.0,
         steps: vec![Step::Sweep(
-            args(&[
-                "--shape",
-                "producer",
-                "--batch-records",
-                "1000",
-                "--record-bytes",
-                "100",
-                "--linger-ms",
-                "1",
-                "--rate",
-                "400000",
-                "--sweep-steps",
-                "3",
-            ]),
+            with(&producer, &["--rate", "400000", "--sweep-steps", "3"]),
             5.0,
         )],
     });
