@@ -8,7 +8,7 @@
 //! - every visible record is one that was appended, whole batches only, in per-writer order,
 //!   never duplicated, with contiguous offsets (no partial or garbage record is visible);
 //! - with retention on, retired segment files are recycled in most seeds: crashes hit the
-//!   spare's rename, its zero-fill and the roll that renames it in;
+//!   spare's rename and the roll that renames it in under a new salt;
 //! - a second recovery yields the same state; the same seed yields the same result.
 //!
 //! `SHARDLOG_TORTURE_SEEDS` overrides the seed count (default 2,000);

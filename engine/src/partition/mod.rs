@@ -574,7 +574,6 @@ impl<S: Storage> Partition<S> {
                 } else if st.durable_bytes_since_checkpoint >= self.config.checkpoint_interval_bytes
                     && !st.checkpoint_running
                 {
-                    st.checkpoint_running = true;
                     Some(Job::Checkpoint)
                 } else {
                     None
@@ -589,7 +588,7 @@ impl<S: Storage> Partition<S> {
                 Some(Job::Sync) => self.sync_rounds().await,
                 Some(Job::Roll) => self.roll().await,
                 Some(Job::Checkpoint) => {
-                    self.spawn_checkpoint(self.clone());
+                    self.checkpoint_in_background();
                     Ok(())
                 }
             };
@@ -938,7 +937,8 @@ impl<S: Storage> Partition<S> {
         }
     }
 
-    /// Starts a checkpoint off the flusher unless one is being written.
+    /// Writes a checkpoint off the flusher (rounds go on meanwhile) unless one is being
+    /// written.
     fn checkpoint_in_background(&self) {
         let Some(me) = self.me.upgrade() else { return };
         {
@@ -948,12 +948,6 @@ impl<S: Storage> Partition<S> {
             }
             st.checkpoint_running = true;
         }
-        self.spawn_checkpoint(me);
-    }
-
-    /// Writes a periodic checkpoint off the flusher (rounds go on meanwhile); the caller has
-    /// set `checkpoint_running`.
-    fn spawn_checkpoint(&self, me: Rc<Self>) {
         self.storage.spawn_background(async move {
             let written = me.checkpoint_body().await;
             me.state.borrow_mut().checkpoint_running = false;
