@@ -43,19 +43,26 @@ pub(crate) struct ProducerTable {
 
 impl ProducerTable {
     /// Classifies a batch from `producer_id` starting at `sequence`.
+    ///
+    /// A producer the table does not know (new, evicted, or whose batches a crash cut away)
+    /// must start at sequence 0. Accepting any sequence would let a later batch of a pipeline
+    /// append while an earlier one was refused, out of order and unnoticed; the gap tells the
+    /// client that nothing from that point on was appended, so it may renumber and resend.
     pub(crate) fn check(
         &self,
         producer_id: u64,
         sequence: u64,
         record_count: u32,
     ) -> SequenceCheck {
-        let Some(batches) = self.producers.get(&producer_id) else {
-            return SequenceCheck::Fresh;
+        let known = self.producers.get(&producer_id).filter(|b| !b.is_empty());
+        let Some(batches) = known else {
+            return if sequence == 0 {
+                SequenceCheck::Fresh
+            } else {
+                SequenceCheck::Gap { expected: 0 }
+            };
         };
-        let Some(last) = batches.back() else {
-            return SequenceCheck::Fresh;
-        };
-        let expected = last.next_sequence();
+        let expected = batches.back().map_or(0, ProducerBatch::next_sequence);
         if sequence == expected {
             return SequenceCheck::Fresh;
         }
@@ -143,6 +150,11 @@ mod tests {
     fn fresh_duplicate_gap_stale() {
         let mut t = ProducerTable::default();
         assert_eq!(t.check(1, 0, 2), SequenceCheck::Fresh);
+        assert_eq!(
+            t.check(1, 2, 1),
+            SequenceCheck::Gap { expected: 0 },
+            "an unknown producer starts at 0"
+        );
         t.record(1, batch(0, 2, 10));
         assert_eq!(t.check(1, 2, 1), SequenceCheck::Fresh);
         assert_eq!(t.check(1, 0, 2), SequenceCheck::Duplicate(batch(0, 2, 10)));

@@ -611,6 +611,21 @@ fn idempotent_producer_dedup_survives_close_and_crash() {
                 ..
             }
         ));
+        let unknown = p
+            .append(idem("u", 1, 8, 4), AckLevel::Durable)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                unknown,
+                EngineError::SequenceGap {
+                    expected: 0,
+                    got: 4,
+                    ..
+                }
+            ),
+            "an unknown producer must start at sequence 0: {unknown:?}"
+        );
         p.append(idem("r", 2, 7, 3), AckLevel::Durable)
             .await
             .unwrap();

@@ -52,7 +52,15 @@ fn id() -> PartitionId {
 }
 
 /// Record value: "w<writer>-b<batch>-r<record>/<records in batch>" plus padding.
-fn make_batch(writer: u64, batch: u64, records: u64, pad: usize, idempotent: bool) -> AppendBatch {
+/// Batch `batch` of `writer`; when idempotent, its first record's number under the writer's
+/// producer id is `sequence` (the records the writer appended before it).
+fn make_batch(
+    writer: u64,
+    batch: u64,
+    records: u64,
+    pad: usize,
+    sequence: Option<u64>,
+) -> AppendBatch {
     let records = (0..records)
         .map(|r| {
             let mut v = format!("w{writer}-b{batch}-r{r}/{records}|").into_bytes();
@@ -65,9 +73,9 @@ fn make_batch(writer: u64, batch: u64, records: u64, pad: usize, idempotent: boo
             }
         })
         .collect();
-    let producer = idempotent.then_some(ProducerSeq {
+    let producer = sequence.map(|sequence| ProducerSeq {
         producer_id: writer,
-        sequence: batch * 1000,
+        sequence,
     });
     AppendBatch { records, producer }
 }
@@ -171,8 +179,10 @@ async fn workload(
             .collect();
         let (p, acks) = (p.clone(), acks.clone());
         tasks.push(glommio::spawn_local(async move {
+            let mut sequence = 0;
             for (b, (n, pad, durable)) in plan.into_iter().enumerate() {
-                let batch = make_batch(w, b as u64, n, pad, idempotent);
+                let batch = make_batch(w, b as u64, n, pad, idempotent.then_some(sequence));
+                sequence += n;
                 let ack = if durable {
                     AckLevel::Durable
                 } else {

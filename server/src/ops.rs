@@ -4,6 +4,7 @@
 use shardlog_engine::{
     AckLevel, AppendBatch, Appended, EngineError, Offsets, PartitionConfig, ReadLimits, ReadResult,
 };
+use shardlog_wire::proto::shardlog::v1 as pb;
 use shardlog_wire::{Code, Status};
 
 use crate::catalog::{TopicMeta, TopicRetention};
@@ -164,6 +165,9 @@ pub struct Failure {
     /// For a throttled call: when a retry would be admitted (sent as the
     /// [`RETRY_AFTER_MS_TRAILER`] trailer).
     pub retry_after_ms: Option<u64>,
+    /// For a produce refused for its idempotence sequence: which refusal (sent as the
+    /// [`pb::SEQUENCE_ERROR_TRAILER`] trailer).
+    pub sequence_error: Option<&'static str>,
 }
 
 impl Failure {
@@ -173,6 +177,7 @@ impl Failure {
             code,
             message: message.into(),
             retry_after_ms: None,
+            sequence_error: None,
         }
     }
 
@@ -199,13 +204,27 @@ impl From<Failure> for Status {
                 .metadata_mut()
                 .insert(RETRY_AFTER_MS_TRAILER, &retry_after_ms.to_string());
         }
+        if let Some(kind) = failure.sequence_error {
+            // A fixed ASCII word is always a valid metadata value.
+            let _ = status
+                .metadata_mut()
+                .insert(pb::SEQUENCE_ERROR_TRAILER, kind);
+        }
         status
     }
 }
 
 impl From<EngineError> for Failure {
     fn from(error: EngineError) -> Self {
-        Self::new(engine_error_code(&error), error.to_string())
+        let sequence_error = match error {
+            EngineError::SequenceGap { .. } => Some(pb::SEQUENCE_GAP),
+            EngineError::StaleSequence { .. } => Some(pb::SEQUENCE_STALE),
+            _ => None,
+        };
+        Self {
+            sequence_error,
+            ..Self::new(engine_error_code(&error), error.to_string())
+        }
     }
 }
 

@@ -8,9 +8,9 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::{Log, TestServer, block_on, expect_code, open_produce_stream, produce_to, record};
-use shardlog_wire::Code;
 use shardlog_wire::client::CallOptions;
 use shardlog_wire::proto::shardlog::v1 as pb;
+use shardlog_wire::{Code, Status};
 
 /// A message with the field numbers of `ProduceRequest` but the wrong wire
 /// types or contents, to send what no generated client would.
@@ -137,8 +137,23 @@ fn every_bad_input_gets_its_status_and_changes_nothing() {
             sequence: Some(0),
             ..gap.clone()
         };
+        let unknown = log.produce(gap.clone()).await;
+        let sequence_error = |result: &Result<pb::ProduceResponse, Status>| {
+            let status = result.as_ref().expect_err("refused");
+            assert_eq!(status.code(), Code::FAILED_PRECONDITION, "{status:?}");
+            status
+                .metadata()
+                .get(pb::SEQUENCE_ERROR_TRAILER)
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            sequence_error(&unknown).as_deref(),
+            Some(pb::SEQUENCE_GAP),
+            "an unknown producer must start at sequence 0"
+        );
         let first_ack = log.produce(first).await.expect("sequence 0");
-        expect_code(log.produce(gap).await, Code::FAILED_PRECONDITION);
+        let skipped = log.produce(gap).await;
+        assert_eq!(sequence_error(&skipped).as_deref(), Some(pb::SEQUENCE_GAP));
         // A deadline that expires before the server can do anything.
         let hurried = CallOptions {
             timeout: Some(Duration::from_micros(1)),

@@ -12,6 +12,18 @@ pub mod shardlog {
     pub mod v1 {
         #![allow(missing_docs)]
         include!(concat!(env!("OUT_DIR"), "/shardlog.v1.rs"));
+
+        /// Trailer of a FAILED_PRECONDITION produce refused for its idempotence
+        /// sequence: [`SEQUENCE_GAP`] or [`SEQUENCE_STALE`], so a client can act
+        /// without parsing the message.
+        pub const SEQUENCE_ERROR_TRAILER: &str = "shardlog-sequence-error";
+        /// The batch's sequence is past the next expected one (or the partition
+        /// does not know the producer and the sequence is not 0): nothing of this
+        /// batch, nor of any later one under the same producer id, was appended.
+        pub const SEQUENCE_GAP: &str = "gap";
+        /// The batch's sequence is older than the batches the partition remembers
+        /// for the producer: it may have been appended long ago.
+        pub const SEQUENCE_STALE: &str = "stale";
     }
 }
 
