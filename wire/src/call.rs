@@ -542,7 +542,12 @@ pub(crate) fn status_from_h2(error: &h2::Error) -> Status {
         _ if error.is_io() || error.is_go_away() => Code::UNAVAILABLE,
         _ => Code::INTERNAL,
     };
-    Status::new(code, format!("http2: {error}"))
+    let status = Status::new(code, format!("http2: {error}"));
+    if error.is_io() || error.is_go_away() {
+        status.with_connection_lost()
+    } else {
+        status
+    }
 }
 
 /// The response half a server-streaming or bidi handler writes to, shared
@@ -733,6 +738,14 @@ impl<T: prost::Message> ResponseSink<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_stream_or_a_peer_status_is_not_a_lost_connection() {
+        let refused = status_from_h2(&h2::Error::from(h2::Reason::REFUSED_STREAM));
+        assert_eq!(refused.code(), Code::UNAVAILABLE);
+        assert!(!refused.connection_lost(), "the connection still serves");
+        assert!(!Status::unavailable("overloaded").connection_lost());
+    }
 
     #[test]
     fn cancel_reaches_tokens_made_before_and_after() {

@@ -117,6 +117,8 @@ struct StatusInner {
     code: Code,
     message: String,
     metadata: Metadata,
+    /// Generated locally because the connection itself failed.
+    connection_lost: bool,
 }
 
 macro_rules! status_constructors {
@@ -138,6 +140,7 @@ impl Status {
                 code,
                 message: message.into(),
                 metadata: Metadata::new(),
+                connection_lost: false,
             }),
         }
     }
@@ -190,6 +193,20 @@ impl Status {
     /// The status message (decoded from `grpc-message`; any Unicode).
     pub fn message(&self) -> &str {
         &self.inner.message
+    }
+
+    /// Whether this status was generated locally because the HTTP/2
+    /// connection failed (an I/O error or GOAWAY): the connection is
+    /// unusable. A status the peer sent in its trailers never is, whatever
+    /// its code (a server's UNAVAILABLE "overloaded" keeps the connection).
+    pub fn connection_lost(&self) -> bool {
+        self.inner.connection_lost
+    }
+
+    /// Builder-style: marks the status as caused by a failed connection.
+    pub(crate) fn with_connection_lost(mut self) -> Status {
+        self.inner.connection_lost = true;
+        self
     }
 
     /// Trailing metadata sent with (or received with) this status.

@@ -27,6 +27,8 @@ use crate::proto::shardlog::v1 as pb;
 /// tags, lengths, timestamp): keeps `batch_bytes_max` an honest bound of
 /// the encoded request.
 pub const RECORD_OVERHEAD_BYTES: usize = 24;
+/// Bytes a header costs besides its key and value (tags, lengths).
+pub const HEADER_OVERHEAD_BYTES: usize = 12;
 
 /// FNV-1a 64-bit: the server's key hash (`server/src/catalog.rs`), so a
 /// keyed record goes to the partition the server would pick.
@@ -81,10 +83,20 @@ impl BatchOutcome {
 
     fn poll_index(&self, index: u32, cx: &mut Context<'_>) -> Poll<Result<Ack, ClientError>> {
         match &*self.result.borrow() {
-            Some(Ok(base_offset)) => Poll::Ready(Ok(Ack {
-                partition: self.partition,
-                offset: base_offset + u64::from(index),
-            })),
+            Some(Ok(base_offset)) => Poll::Ready(
+                base_offset
+                    .checked_add(u64::from(index))
+                    .map(|offset| Ack {
+                        partition: self.partition,
+                        offset,
+                    })
+                    .ok_or_else(|| ClientError::Status {
+                        operation: "Produce",
+                        status: crate::Status::internal(format!(
+                            "base offset {base_offset} from the server leaves no room for record {index}"
+                        )),
+                    }),
+            ),
             Some(Err(error)) => Poll::Ready(Err(error.clone())),
             None => {
                 let mut wakers = self.wakers.borrow_mut();
@@ -206,9 +218,18 @@ impl PartitionQueue {
         }
     }
 
-    /// The bytes a record counts for in a batch.
+    /// The bytes a record counts for in a batch: key, value and headers,
+    /// plus their framing.
     pub(crate) fn record_bytes(record: &pb::Record) -> usize {
-        record.key.as_ref().map_or(0, Bytes::len) + record.value.len() + RECORD_OVERHEAD_BYTES
+        let headers_bytes: usize = record
+            .headers
+            .iter()
+            .map(|header| header.key.len() + header.value.len() + HEADER_OVERHEAD_BYTES)
+            .sum();
+        record.key.as_ref().map_or(0, Bytes::len)
+            + record.value.len()
+            + headers_bytes
+            + RECORD_OVERHEAD_BYTES
     }
 
     /// Adds a record to the open batch (sealing the open batch first if
@@ -317,18 +338,38 @@ impl PartitionQueue {
         }
     }
 
-    /// The server definitively rejected the front ready batch: drops it
-    /// and renumbers the later sealed batches from its sequence (the
-    /// server appended none of them: they would have been a gap).
-    pub(crate) fn reject_front(&mut self) -> Option<Batch> {
+    /// The server definitively rejected the front ready batch: removes it
+    /// and restarts the later sealed batches under `new_producer_id` (the
+    /// server appended none of them: under the old id they follow a batch
+    /// it never appended, so they could only be gaps).
+    pub(crate) fn reject_front(&mut self, new_producer_id: u64) -> Option<Batch> {
         let rejected = self.ready.pop_front()?;
-        let mut sequence = rejected.sequence();
-        for batch in &mut self.ready {
-            batch.renumber(self.producer_id, sequence);
-            sequence += batch.record_count() as u64;
-        }
-        self.next_sequence = sequence;
+        self.restart(new_producer_id);
         Some(rejected)
+    }
+
+    /// Renumbers every sealed batch from sequence 0 under
+    /// `new_producer_id`, as never sent: for when the server holds none of
+    /// them under the current id (a sequence gap at the front).
+    ///
+    /// Never renumbered under the same id: a request of the old numbering
+    /// still in flight could then be appended as well, or be answered as
+    /// the duplicate of a different batch.
+    pub(crate) fn restart(&mut self, new_producer_id: u64) {
+        assert!(self.inflight.is_empty(), "requeue before restarting");
+        assert!(new_producer_id != 0);
+        self.producer_id = new_producer_id;
+        self.next_sequence = 0;
+        for batch in &mut self.ready {
+            batch.renumber(new_producer_id, self.next_sequence);
+            batch.sent = false;
+            self.next_sequence += batch.record_count() as u64;
+        }
+    }
+
+    /// The front ready batch's sequence, if any.
+    pub(crate) fn front_sequence(&self) -> Option<u64> {
+        self.ready.front().map(Batch::sequence)
     }
 
     /// The fate of the sent batches is unknown and retries are over:
@@ -453,17 +494,64 @@ mod tests {
             queue.append(record(1), || now);
         }
         for _ in 0..2 {
-            let batch = queue.ready.pop_front().expect("ready");
+            let mut batch = queue.ready.pop_front().expect("ready");
+            batch.sent = true;
             queue.inflight.push_back(batch);
         }
         queue.requeue();
         assert_eq!(sequences(&queue), [(0, 2), (2, 2), (4, 2)]);
-        let rejected = queue.reject_front().expect("front");
+        assert!(queue.ready.iter().take(2).all(|batch| batch.sent));
+        let rejected = queue.reject_front(99).expect("front");
         assert_eq!(rejected.sequence(), 0);
         assert_eq!(sequences(&queue), [(0, 2), (2, 2)]);
+        assert!(
+            queue
+                .ready
+                .iter()
+                .all(|batch| batch.request.producer_id == 99 && !batch.sent),
+            "the rest restart under a new id, as never sent"
+        );
         queue.append(record(1), || now);
         queue.seal();
         assert_eq!(sequences(&queue), [(0, 2), (2, 2), (4, 1)]);
+    }
+
+    #[test]
+    fn restart_renumbers_every_sealed_batch_from_zero_under_a_new_id() {
+        let mut queue = queue(2, 1 << 20, 1_000);
+        let now = Instant::now();
+        for _ in 0..5 {
+            queue.append(record(1), || now);
+        }
+        queue.ready[0].sent = true;
+        queue.restart(7);
+        assert_eq!(sequences(&queue), [(0, 2), (2, 2)]);
+        assert!(
+            queue
+                .ready
+                .iter()
+                .all(|b| b.request.producer_id == 7 && !b.sent)
+        );
+        queue.seal();
+        assert_eq!(queue.front_sequence(), Some(0));
+        assert_eq!(
+            sequences(&queue),
+            [(0, 2), (2, 2), (4, 1)],
+            "the open batch follows"
+        );
+    }
+
+    #[test]
+    fn headers_count_toward_record_bytes() {
+        let mut with_headers = record(10);
+        with_headers.headers = vec![pb::Header {
+            key: "k".repeat(100),
+            value: Bytes::from(vec![0u8; 1_000]),
+        }];
+        assert_eq!(
+            PartitionQueue::record_bytes(&with_headers),
+            PartitionQueue::record_bytes(&record(10)) + 1_100 + HEADER_OVERHEAD_BYTES
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use super::admin::Admin;
 use super::backoff::{Backoff, Jitter};
 use super::consumer::{Consumer, StartAt};
 use super::error::{ClientError, RetryClass};
-use super::pool::Pool;
+use super::pool::{CONNECT_TIMEOUT_DEFAULT, Pool};
 use super::producer::{Producer, ProducerConfig};
 use super::runtime::Runtime;
 use super::{CallOptions, ChannelConfig};
@@ -45,6 +45,9 @@ pub struct ClientConfig {
     /// Per-attempt timeout of unary calls (sent as `grpc-timeout`).
     /// Default 10 s.
     pub request_timeout: Duration,
+    /// Bound of one connection attempt (TCP, TLS, HTTP/2 handshakes).
+    /// Default [`CONNECT_TIMEOUT_DEFAULT`] (10 s).
+    pub connect_timeout: Duration,
     /// Retries of transient failures.
     pub retry: RetryPolicy,
     /// Settings of each HTTP/2 connection (its timer is replaced by the
@@ -65,6 +68,7 @@ impl Default for ClientConfig {
         ClientConfig {
             connections: 1,
             request_timeout: Duration::from_secs(10),
+            connect_timeout: CONNECT_TIMEOUT_DEFAULT,
             retry: RetryPolicy::default(),
             channel: ChannelConfig::default(),
             health_check_interval: None,
@@ -119,7 +123,8 @@ impl<R: Runtime> Client<R> {
             addr,
             config.connections,
             config.channel.clone(),
-        )?;
+        )?
+        .with_connect_timeout(config.connect_timeout);
         if let Some(tls) = &config.tls {
             pool = pool.with_tls(tls.clone());
         }
@@ -164,7 +169,8 @@ impl<R: Runtime> Client<R> {
     }
 
     /// A unary Log-service call with retries of transient failures
-    /// (backoff with jitter, `retries_max`, overall deadline).
+    /// (backoff with jitter, `retries_max`, overall deadline: no attempt
+    /// and no backoff runs past it).
     pub(crate) async fn call<Req, Resp>(
         &self,
         method: &'static str,
@@ -177,22 +183,25 @@ impl<R: Runtime> Client<R> {
     {
         let path = format!("{LOG_SERVICE}{method}");
         let policy = self.inner.config.retry;
-        let started = Instant::now();
+        let deadline = Instant::now() + policy.deadline;
         let mut retries = 0u32;
         loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
             let error = match self
-                .call_once(&path, method, request, attempt_timeout)
+                .call_once(&path, method, request, attempt_timeout.min(remaining))
                 .await
             {
                 Ok(response) => return Ok(response),
                 Err(error) => error,
             };
-            let out_of_budget =
-                retries >= policy.retries_max || started.elapsed() >= policy.deadline;
-            if error.retry_class() == RetryClass::Fatal || out_of_budget {
+            if error.retry_class() == RetryClass::Fatal || retries >= policy.retries_max {
                 return Err(error);
             }
-            self.backoff(retries).await;
+            let delay = self.backoff_delay(retries);
+            if Instant::now() + delay >= deadline {
+                return Err(error);
+            }
+            self.inner.runtime.sleep(delay).await;
             retries += 1;
         }
     }
@@ -215,7 +224,9 @@ impl<R: Runtime> Client<R> {
         match channel.unary::<Req, Resp>(path, request, options).await {
             Ok(response) => Ok(response.into_inner()),
             Err(status) => {
-                if status.code() == crate::Code::UNAVAILABLE {
+                // A server's own UNAVAILABLE (overloaded, draining) keeps the
+                // connection: reconnecting would only add load.
+                if status.connection_lost() {
                     self.inner.pool.mark_broken(slot);
                 }
                 Err(ClientError::Status {
@@ -228,9 +239,14 @@ impl<R: Runtime> Client<R> {
 
     /// Sleeps the backoff delay of retry `attempt`.
     pub(crate) async fn backoff(&self, attempt: u32) {
-        let unit = self.inner.jitter.borrow_mut().unit();
-        let delay = self.inner.config.retry.backoff.delay(attempt, unit);
+        let delay = self.backoff_delay(attempt);
         self.inner.runtime.sleep(delay).await;
+    }
+
+    /// The backoff delay of retry `attempt`, jittered.
+    fn backoff_delay(&self, attempt: u32) -> Duration {
+        let unit = self.inner.jitter.borrow_mut().unit();
+        self.inner.config.retry.backoff.delay(attempt, unit)
     }
 
     /// Random bits (producer ids).

@@ -241,7 +241,7 @@ impl<R: Runtime> Subscription<'_, R> {
         match response {
             Ok(response) => Ok(response.into_inner()),
             Err(status) => {
-                if status.code() == crate::Code::UNAVAILABLE {
+                if status.connection_lost() {
                     pool.mark_broken(0);
                 }
                 Err(ClientError::Status {

@@ -41,7 +41,9 @@ mod sync;
 #[cfg(test)]
 mod tests;
 
-pub use accumulator::{Ack, DeliveryFuture, RECORD_OVERHEAD_BYTES, fnv1a_64};
+pub use accumulator::{
+    Ack, DeliveryFuture, HEADER_OVERHEAD_BYTES, RECORD_OVERHEAD_BYTES, fnv1a_64,
+};
 pub use admin::Admin;
 pub use backoff::{Backoff, Jitter};
 pub use connect::{Client, ClientConfig, RetryPolicy};

@@ -20,6 +20,11 @@ use crate::tls::ClientTls;
 /// this only adds HTTP/2 overhead.
 pub const POOL_CONNECTIONS_MAX: usize = 64;
 
+/// Default bound of one connection attempt (TCP, TLS and HTTP/2
+/// handshakes): without one, a blackholed address holds a caller for the
+/// kernel's SYN retries (about 2 minutes).
+pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+
 /// One live connection and its liveness flag (cleared when the driver
 /// future returns, i.e. the connection is gone).
 struct Live {
@@ -34,6 +39,25 @@ struct PoolSlot {
     connected: Notify,
 }
 
+/// Holds a slot's `connecting` flag for one attempt; clearing it and waking
+/// the waiters on drop too, so a caller that abandons the attempt (a
+/// timeout, a `select!`) cannot leave the slot waiting for ever.
+struct ConnectingGuard<'a>(&'a PoolSlot);
+
+impl<'a> ConnectingGuard<'a> {
+    fn take(slot: &'a PoolSlot) -> ConnectingGuard<'a> {
+        slot.connecting.set(true);
+        ConnectingGuard(slot)
+    }
+}
+
+impl Drop for ConnectingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.connecting.set(false);
+        self.0.connected.notify();
+    }
+}
+
 /// Connections to one server address.
 pub struct Pool<R: Runtime> {
     runtime: R,
@@ -41,6 +65,7 @@ pub struct Pool<R: Runtime> {
     channel_config: ChannelConfig,
     /// When set, every connection does a TLS handshake before HTTP/2.
     tls: Option<ClientTls>,
+    connect_timeout: Duration,
     slots: Vec<PoolSlot>,
 }
 
@@ -65,8 +90,15 @@ impl<R: Runtime> Pool<R> {
             addr,
             channel_config,
             tls: None,
+            connect_timeout: CONNECT_TIMEOUT_DEFAULT,
             slots,
         })
+    }
+
+    /// Bounds each connection attempt (default [`CONNECT_TIMEOUT_DEFAULT`]).
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Pool<R> {
+        self.connect_timeout = timeout;
+        self
     }
 
     /// Makes every connection of the pool use TLS.
@@ -101,14 +133,24 @@ impl<R: Runtime> Pool<R> {
             let waiting = slot.connected.notified();
             waiting.await;
         }
-        slot.connecting.set(true);
-        let result = self.connect().await;
-        slot.connecting.set(false);
-        slot.connected.notify();
-        let live = result?;
+        let attempt = ConnectingGuard::take(slot);
+        let live = self.connect_within_timeout().await?;
         let channel = live.channel.clone();
         *slot.live.borrow_mut() = Some(live);
+        drop(attempt);
         Ok(channel)
+    }
+
+    async fn connect_within_timeout(&self) -> Result<Live, ClientError> {
+        let timeout = self.connect_timeout;
+        let expired = async {
+            self.runtime.sleep(timeout).await;
+            Err(ClientError::Connect {
+                addr: self.addr.to_string(),
+                reason: format!("no connection within {timeout:?}"),
+            })
+        };
+        futures_lite::future::or(self.connect(), expired).await
     }
 
     /// Drops slot `index`'s connection (after a transport failure on it);

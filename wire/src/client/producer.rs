@@ -19,6 +19,19 @@
 //! own verdict, the rejected one fails, later ones continue. A batch past
 //! the retry budget or the delivery deadline fails as ambiguous and its
 //! partition continues under a fresh producer id.
+//!
+//! Sequence verdicts (the server's `shardlog-sequence-error` trailer): a
+//! *gap* means the partition holds nothing of the batch or of any later
+//! one under its id (the server lost or never knew the producer's tail),
+//! so the partition's batches restart from sequence 0 under a new id and
+//! nothing fails; *stale* means the batch may be stored long ago, so the
+//! batches ever sent fail as ambiguous. Batches are renumbered only under
+//! a new id: a request of the old numbering still in flight can then only
+//! be refused, never appended twice or taken for another batch.
+//!
+//! A live stream whose oldest batch in flight gets no reply within the
+//! delivery timeout (a stalled server, a half-open connection) is broken
+//! and its connection replaced.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -46,6 +59,15 @@ pub const INFLIGHT_BATCHES_PER_PARTITION_MAX: usize = 5;
 /// Bytes reserved for the request's own fields in a message next to the
 /// records (`batch_bytes_max` + this <= the channel's message limit).
 const REQUEST_HEADROOM_BYTES: usize = 64 * 1024;
+
+/// Partitions of one topic the producer accepts from DescribeTopic (it
+/// keeps a slot per partition): a larger count is refused, not allocated.
+pub const TOPIC_PARTITIONS_MAX: u32 = 1 << 20;
+
+/// Bounds of the period at which a sender checks its in-flight batches
+/// against the delivery timeout (a quarter of the timeout, within these).
+const DELIVERY_CHECK_INTERVAL_MIN: Duration = Duration::from_millis(10);
+const DELIVERY_CHECK_INTERVAL_MAX: Duration = Duration::from_secs(1);
 
 /// What `send` does when the buffer is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,7 +327,7 @@ impl<R: Runtime> Producer<R> {
             .queue_for(topic, partition, record.key.as_deref())
             .await?;
         self.reserve(record_bytes).await?;
-        Ok(shared.append(queue, record))
+        shared.append(queue, record, record_bytes)
     }
 
     /// Seals every open batch now and waits until every record sent before
@@ -361,10 +383,13 @@ impl<R: Runtime> Producer<R> {
 
     async fn learn_topic(&self, topic: &str) -> Result<(), ClientError> {
         let description = self.shared.client.admin().describe_topic(topic).await?;
-        if description.partition_count == 0 {
+        if !(1..=TOPIC_PARTITIONS_MAX).contains(&description.partition_count) {
             return Err(ClientError::Topic {
                 topic: topic.to_owned(),
-                reason: "no partitions".to_owned(),
+                reason: format!(
+                    "the server reports {} partitions; a producer handles 1..={TOPIC_PARTITIONS_MAX}",
+                    description.partition_count
+                ),
             });
         }
         let count = description.partition_count;
@@ -431,14 +456,29 @@ impl<R: Runtime> Shared<R> {
         self.slot_wakeups.len()
     }
 
-    fn append(&self, queue: usize, record: pb::Record) -> DeliveryFuture {
+    /// Appends a record whose buffer room (`record_bytes`) is reserved;
+    /// refused (and the room returned) if the producer closed meanwhile: no
+    /// sender would deliver it.
+    fn append(
+        &self,
+        queue: usize,
+        record: pb::Record,
+        record_bytes: usize,
+    ) -> Result<DeliveryFuture, ClientError> {
         let mut state = self.state.borrow_mut();
+        if self.closed.get() {
+            state.buffered_records -= 1;
+            state.buffered_bytes -= record_bytes;
+            drop(state);
+            self.space.notify();
+            return Err(ClientError::Closed("producer closed during the send"));
+        }
         let (future, changed) = state.queues[queue].append(record, Instant::now);
         drop(state);
         if changed {
             self.slot_wakeups[queue % self.slots()].notify();
         }
-        future
+        Ok(future)
     }
 
     /// The queue of (topic, chosen partition), created on first use; `None` while the
@@ -546,11 +586,12 @@ impl From<ClientError> for Broken {
 }
 
 fn stream_error(status: Status) -> Broken {
+    stream_error_of("ProduceStream", status)
+}
+
+fn stream_error_of(operation: &'static str, status: Status) -> Broken {
     Broken {
-        error: ClientError::Status {
-            operation: "ProduceStream",
-            status,
-        },
+        error: ClientError::Status { operation, status },
     }
 }
 
@@ -699,13 +740,43 @@ impl<R: Runtime> Sender<R> {
                 }
             }
         };
-        let result = futures_lite::future::try_zip(writer, reader)
-            .await
-            .map(|_| ());
+        let exchange = async {
+            futures_lite::future::try_zip(writer, reader)
+                .await
+                .map(|_| ())
+        };
+        let result = futures_lite::future::or(exchange, self.watch_delivery_timeout()).await;
         if result.is_err() {
             sink.cancel();
         }
         result
+    }
+
+    /// Ends a live session whose oldest in-flight batch is past the
+    /// delivery timeout: without this a stalled server or a half-open
+    /// connection (no error, no reply) would hold its batches for ever.
+    /// Never returns otherwise.
+    async fn watch_delivery_timeout(&self) -> Result<(), Broken> {
+        let timeout = self.shared.config.delivery_timeout;
+        let interval =
+            (timeout / 4).clamp(DELIVERY_CHECK_INTERVAL_MIN, DELIVERY_CHECK_INTERVAL_MAX);
+        loop {
+            self.shared.client.inner.runtime.sleep(interval).await;
+            if self.oldest_inflight_age().is_some_and(|age| age > timeout) {
+                return Err(stream_error(Status::deadline_exceeded(format!(
+                    "ProduceStream: a batch in flight got no reply within {timeout:?}"
+                ))));
+            }
+        }
+    }
+
+    /// How long ago the oldest batch in flight on this slot was sealed.
+    fn oldest_inflight_age(&self) -> Option<Duration> {
+        let state = self.shared.state.borrow();
+        self.my_queues(state.queues.len())
+            .filter_map(|index| state.queues[index].inflight.front())
+            .map(|batch| batch.sealed_at.elapsed())
+            .max()
     }
 
     /// Sends ready batches while the partition windows allow; half-closes
@@ -821,11 +892,17 @@ impl<R: Runtime> Sender<R> {
             }
             _ => {
                 tracing::debug!(%error, "produce stream failed; retrying after backoff");
-                if matches!(error, ClientError::Connect { .. })
-                    || error
-                        .status()
-                        .is_some_and(|s| s.code() == Code::UNAVAILABLE)
-                {
+                // A lost connection, or one where replies stopped coming
+                // (the delivery watchdog), is replaced; a server's own
+                // UNAVAILABLE (overloaded, draining) keeps it.
+                let replace = match &error {
+                    ClientError::Connect { .. } => true,
+                    ClientError::Status { status, .. } => {
+                        status.connection_lost() || status.code() == Code::DEADLINE_EXCEEDED
+                    }
+                    _ => false,
+                };
+                if replace {
                     self.shared.client.inner.pool.mark_broken(self.slot);
                 }
                 let failures = self.failures.get() + 1;
@@ -854,24 +931,31 @@ impl<R: Runtime> Sender<R> {
                     batch.request.clone()
                 })
             };
-            if let Some(request) = front {
-                let options = CallOptions::default()
-                    .with_timeout(self.shared.client.inner.config.request_timeout);
-                let reply = channel
-                    .unary::<_, pb::ProduceResponse>(PRODUCE, &*request, options)
-                    .await;
-                self.settle_unary(index, reply.map(|r| r.into_inner()))?;
+            let Some(request) = front else {
+                self.attribute.borrow_mut().pop_front();
+                continue;
+            };
+            let options = CallOptions::default()
+                .with_timeout(self.shared.client.inner.config.request_timeout);
+            let reply = channel
+                .unary::<_, pb::ProduceResponse>(PRODUCE, &*request, options)
+                .await
+                .map(|reply| reply.into_inner());
+            if let Err(status) = &reply
+                && super::error::classify(status.code()) == RetryClass::Retry
+            {
+                // Transient: the batch stays first in line for the next session.
+                return Err(stream_error_of("Produce", status.clone()));
             }
             self.attribute.borrow_mut().pop_front();
+            self.settle_unary(index, reply);
         }
     }
 
-    fn settle_unary(
-        &self,
-        index: usize,
-        reply: Result<pb::ProduceResponse, Status>,
-    ) -> Result<(), Broken> {
-        match reply {
+    /// Applies the verdict on queue `index`'s front batch (a reply, or a
+    /// status that is not transient).
+    fn settle_unary(&self, index: usize, reply: Result<pb::ProduceResponse, Status>) {
+        let status = match reply {
             Ok(reply) => {
                 let batch = self.shared.state.borrow_mut().queues[index]
                     .ready
@@ -879,26 +963,35 @@ impl<R: Runtime> Sender<R> {
                 if let Some(batch) = batch {
                     self.acknowledge(batch, &reply);
                 }
-                Ok(())
+                return;
             }
-            Err(status) if super::error::classify(status.code()) == RetryClass::Retry => {
-                Err(Broken {
-                    error: ClientError::Status {
-                        operation: "Produce",
-                        status,
-                    },
-                })
+            Err(status) => status,
+        };
+        let sequence_error = status.metadata().get(pb::SEQUENCE_ERROR_TRAILER);
+        let front_sequence = self.shared.state.borrow().queues[index].front_sequence();
+        let error = ClientError::Status {
+            operation: "Produce",
+            status: status.clone(),
+        };
+        match sequence_error {
+            // The partition holds nothing of this batch or the later ones
+            // under this id (it lost or never knew the producer's tail):
+            // all restart under a new id, the front first in line again.
+            Some(pb::SEQUENCE_GAP) if front_sequence != Some(0) => {
+                tracing::debug!(%status, "produce sequence gap; restarting under a new producer id");
+                let producer_id = self.shared.new_producer_id();
+                self.shared.state.borrow_mut().queues[index].restart(producer_id);
+                self.attribute.borrow_mut().push_front(index);
             }
-            Err(status) => {
-                let batch = self.shared.state.borrow_mut().queues[index].reject_front();
-                if let Some(batch) = batch {
-                    let error = ClientError::Status {
-                        operation: "Produce",
-                        status,
-                    };
+            // Older than what the partition remembers: it may be stored.
+            Some(pb::SEQUENCE_STALE) => self.abandon(index, &error),
+            _ => {
+                let producer_id = self.shared.new_producer_id();
+                let rejected =
+                    self.shared.state.borrow_mut().queues[index].reject_front(producer_id);
+                if let Some(batch) = rejected {
                     self.shared.complete(batch, Err(error));
                 }
-                Ok(())
             }
         }
     }
