@@ -311,3 +311,41 @@ fn client_ten_concurrent_producers_read_back_exactly_once() {
         assert_eq!(seen.len(), total);
     });
 }
+
+#[test]
+fn keyless_records_fill_one_partitions_batch_before_moving_on() {
+    let server = TestServer::start(2);
+    let addr = server.addr;
+    block_on(move || async move {
+        let client = client(addr);
+        client
+            .admin()
+            .create_topic("sticky", 4)
+            .await
+            .expect("create");
+        let config = ProducerConfig {
+            batch_records_max: 10,
+            linger: Duration::from_secs(60),
+            ..ProducerConfig::default()
+        };
+        let producer = client.producer(config).expect("producer");
+        let mut deliveries = Vec::new();
+        for i in 0..40u32 {
+            let value = Bytes::from(format!("value-{i}"));
+            deliveries.push(producer.send("sticky", None, value).await.expect("send"));
+        }
+        producer.close().await;
+        let mut partitions = Vec::new();
+        for delivery in deliveries {
+            partitions.push(delivery.await.expect("acknowledged").partition);
+        }
+        let runs: Vec<(u32, usize)> = partitions
+            .chunk_by(|a, b| a == b)
+            .map(|run| (run[0], run.len()))
+            .collect();
+        assert_eq!(runs.len(), 4, "one full batch per partition: {runs:?}");
+        assert!(runs.iter().all(|(_, records)| *records == 10), "{runs:?}");
+        let used: HashSet<u32> = runs.iter().map(|(partition, _)| *partition).collect();
+        assert_eq!(used.len(), 4, "every partition took a batch: {runs:?}");
+    });
+}

@@ -325,6 +325,11 @@ impl PartitionQueue {
             .or_else(|| self.inflight.back().map(|batch| batch.outcome.clone()))
     }
 
+    /// Whether a batch is collecting records.
+    pub(crate) fn has_open_batch(&self) -> bool {
+        self.open.is_some()
+    }
+
     /// Whether anything is open, ready or in flight.
     pub(crate) fn is_idle(&self) -> bool {
         self.open.is_none() && self.ready.is_empty() && self.inflight.is_empty()

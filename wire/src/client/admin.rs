@@ -51,7 +51,8 @@ impl<R: Runtime> Admin<R> {
         response.topic.ok_or_else(|| missing(topic))
     }
 
-    /// Deletes `topic` and its data.
+    /// Deletes `topic` and its data. NOT_FOUND if it does not exist (also
+    /// when a retried delete had in fact succeeded).
     pub async fn delete_topic(&self, topic: &str) -> Result<(), ClientError> {
         let request = pb::DeleteTopicRequest {
             topic: topic.to_owned(),

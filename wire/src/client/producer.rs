@@ -200,6 +200,8 @@ struct TopicQueues {
     partition_count: u32,
     /// `queue_index[p]`: partition `p`'s queue in `State::queues`, once used.
     queue_index: Vec<Option<usize>>,
+    /// Where keyless records go while its open batch lasts.
+    sticky_partition: Option<u32>,
 }
 
 #[derive(Default)]
@@ -279,8 +281,10 @@ impl<R: Runtime> Producer<R> {
     }
 
     /// Sends `value` (with an optional `key`) to `topic`: to partition
-    /// `fnv1a_64(key) % partition_count` like the server, or round robin
-    /// without a key. Waits only for buffer space (and, on the first send
+    /// `fnv1a_64(key) % partition_count` like the server; without a key,
+    /// to one partition until its batch is sealed, then the next (sticky
+    /// round robin: whole batches, not one record per partition per
+    /// batch). Waits only for buffer space (and, on the first send
     /// to a topic, for its partition count); the returned future resolves
     /// with the record's partition and offset once acknowledged.
     pub async fn send(
@@ -402,6 +406,7 @@ impl<R: Runtime> Producer<R> {
                 name,
                 partition_count: count,
                 queue_index: vec![None; count as usize],
+                sticky_partition: None,
             });
         Ok(())
     }
@@ -508,8 +513,19 @@ impl<R: Runtime> Shared<R> {
             (Some(partition), _) => partition,
             (None, Some(key)) => (fnv1a_64(key) % u64::from(count)) as u32,
             (None, None) => {
-                *round_robin = round_robin.wrapping_add(1);
-                *round_robin % count
+                let open_batch = |partition: u32| {
+                    known.queue_index[partition as usize]
+                        .is_some_and(|index| queues[index].has_open_batch())
+                };
+                match known.sticky_partition {
+                    Some(partition) if open_batch(partition) => partition,
+                    _ => {
+                        *round_robin = round_robin.wrapping_add(1);
+                        let partition = *round_robin % count;
+                        known.sticky_partition = Some(partition);
+                        partition
+                    }
+                }
             }
         };
         let slot = &mut known.queue_index[partition as usize];
