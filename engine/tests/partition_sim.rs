@@ -726,6 +726,75 @@ fn bad_input_is_rejected_with_typed_errors() {
     });
 }
 
+/// A record with `count` one-byte headers.
+fn record_with_headers(count: usize) -> shardlog_engine::Record {
+    let mut r = record("headers", 1);
+    r.headers = (0..count)
+        .map(|i| shardlog_engine::Header {
+            key: Bytes::from(format!("h{i}")),
+            value: Bytes::from_static(b"v"),
+        })
+        .collect();
+    r
+}
+
+/// The decoder refuses a record with more than `RECORD_HEADERS_MAX` headers, so append refuses
+/// it before anything is written: an acknowledged batch always reads back, before and after a
+/// crash (recovery would otherwise take it for a torn tail and cut the log there).
+#[test]
+fn a_record_over_the_header_limit_is_refused_and_what_is_acknowledged_reads_back() {
+    use shardlog_engine::format::RECORD_HEADERS_MAX;
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let p = s.open_partition(pid(), small_config(), true).await.unwrap();
+        let over = AppendBatch {
+            records: vec![record("ok", 1), record_with_headers(RECORD_HEADERS_MAX + 1)],
+            producer: None,
+        };
+        let refused = p.append(over, AckLevel::Durable).await.unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                EngineError::TooManyHeaders {
+                    record_index: 1,
+                    header_count,
+                    headers_max: RECORD_HEADERS_MAX,
+                    ..
+                } if header_count == RECORD_HEADERS_MAX + 1
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(p.offsets().log_end, 0, "nothing of the batch was written");
+        let at_limit = AppendBatch {
+            records: vec![record_with_headers(RECORD_HEADERS_MAX)],
+            producer: None,
+        };
+        p.append(at_limit, AckLevel::Durable).await.unwrap();
+        p.append(batch("after", 2, 1), AckLevel::Durable)
+            .await
+            .unwrap();
+        let got = read_all(&p, 0).await;
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].headers.len(), RECORD_HEADERS_MAX);
+        drop(p);
+        drop(s);
+        sim.crash();
+        let s = shard(&sim);
+        let p = s
+            .open_partition(pid(), small_config(), false)
+            .await
+            .unwrap();
+        assert_eq!(p.fault(), None);
+        assert_eq!(
+            p.offsets().durable,
+            3,
+            "recovery keeps every acknowledged record"
+        );
+        assert_eq!(read_all(&p, 0).await[0].headers.len(), RECORD_HEADERS_MAX);
+    });
+}
+
 /// Appends started in order get offsets in that order even when some of them must wait: here
 /// 1.5 MiB batches hit the 8 MiB unsynced-bytes bound while small batches behind them would
 /// still fit. A later append never overtakes a waiting one.

@@ -7,6 +7,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use shardlog_engine::format::RECORD_HEADERS_MAX;
 use shardlog_engine::{
     AckLevel, AppendBatch, Header, ProducerSeq, ReadLimits, Record, StoredRecord,
 };
@@ -400,7 +401,8 @@ fn producer_identity(
 }
 
 /// Converts the request's records to the engine's (same `Bytes`, no copy),
-/// checking each against the size limit; returns them with their total size.
+/// checking each against the size and header-count limits; returns them
+/// with their total size.
 fn convert_records(
     records: Vec<pb::Record>,
     record_bytes_max: usize,
@@ -411,6 +413,16 @@ fn convert_records(
     let mut total_bytes = 0;
     let mut converted = Vec::with_capacity(records.len());
     for (index, record) in records.into_iter().enumerate() {
+        // The engine refuses it too; checked here so the client learns which record.
+        if record.headers.len() > RECORD_HEADERS_MAX {
+            return Err(Status::new(
+                Code::INVALID_ARGUMENT,
+                format!(
+                    "produce to {topic}/{partition}: record {index} has {} headers, more than the limit of {RECORD_HEADERS_MAX}",
+                    record.headers.len()
+                ),
+            ));
+        }
         let headers_bytes: usize = record
             .headers
             .iter()

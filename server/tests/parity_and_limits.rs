@@ -645,3 +645,57 @@ fn retired_segments_are_recycled_and_kept_records_survive_a_crash() {
         }
     });
 }
+
+/// A record with `count` headers of `value_bytes` each.
+fn record_with_headers(count: usize, value_bytes: usize) -> pb::Record {
+    pb::Record {
+        headers: (0..count)
+            .map(|i| pb::Header {
+                key: format!("h{i}"),
+                value: Bytes::from(vec![b'v'; value_bytes]),
+            })
+            .collect(),
+        ..common::record(b"with headers")
+    }
+}
+
+/// The batch format holds at most 1024 headers per record: one more is refused
+/// INVALID_ARGUMENT (naming the record and the limit) with nothing of the batch
+/// written, and a record at the limit is acknowledged and reads back, also
+/// after a restart (nothing acknowledged is unreadable or cut by recovery).
+#[test]
+fn a_record_over_the_header_limit_is_refused_and_one_at_it_reads_back() {
+    let mut server = TestServer::start(1);
+    let addr = server.addr;
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        log.create_topic("headers", 1).await.expect("create");
+        let over = vec![record_with_headers(1, 1), record_with_headers(1025, 1)];
+        let message = common::expect_code(
+            log.produce(produce_to("headers", 0, over)).await,
+            shardlog_wire::Code::INVALID_ARGUMENT,
+        );
+        assert!(
+            message.contains("record 1") && message.contains("1025") && message.contains("1024"),
+            "{message}"
+        );
+        log.produce(produce_to("headers", 0, vec![record_with_headers(1024, 1)]))
+            .await
+            .expect("a record at the limit");
+        log.produce(produce_to("headers", 0, vec![common::record(b"after")]))
+            .await
+            .expect("produce after");
+        let stored = log.fetch_all("headers", 0, 0).await;
+        assert_eq!(stored.len(), 2, "only the two acknowledged records");
+        assert_eq!(stored[0].headers.len(), 1024);
+    });
+    server.restart();
+    let addr = server.addr;
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        let stored = log.fetch_all("headers", 0, 0).await;
+        assert_eq!(stored.len(), 2, "recovery kept every acknowledged record");
+        assert_eq!(stored[0].headers.len(), 1024);
+        assert_eq!(&stored[1].value[..], b"after");
+    });
+}

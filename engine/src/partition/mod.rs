@@ -27,7 +27,10 @@ use std::time::{Duration, Instant};
 
 use crate::checkpoint::{CHECKPOINT_FILE, CHECKPOINT_TMP_FILE, Checkpoint};
 use crate::error::{EngineError, Result};
-use crate::format::{BATCH_BYTES_MAX, BATCH_RECORDS_MAX, batch_encoded_bytes, encode_batch_into};
+use crate::format::{
+    BATCH_BYTES_MAX, BATCH_RECORDS_MAX, RECORD_HEADERS_MAX, batch_encoded_bytes, encode_batch_into,
+    record_over_headers_max,
+};
 use crate::notify::Notify;
 use crate::producer::{ProducerBatch, ProducerTable, SequenceCheck};
 use crate::segment::{
@@ -334,6 +337,16 @@ impl<S: Storage> Partition<S> {
                 batch_bytes,
                 record_count: batch.records.len(),
                 batch_bytes_max: BATCH_BYTES_MAX,
+            });
+        }
+        // Every limit the decoder enforces is checked here, so an acknowledged batch always
+        // reads back (and recovery never takes it for a torn tail).
+        if let Some((record_index, header_count)) = record_over_headers_max(&batch.records) {
+            return Err(EngineError::TooManyHeaders {
+                partition: self.id.clone(),
+                record_index,
+                header_count,
+                headers_max: RECORD_HEADERS_MAX,
             });
         }
         Ok(batch_bytes)
