@@ -140,7 +140,7 @@ fn written_ack_is_not_readable_before_durable() {
             .records
             .is_empty()
         );
-        p.wait_for_durable_beyond(0).await;
+        p.wait_for_durable_beyond(0).await.unwrap();
         assert_eq!(
             p.read(
                 0,
@@ -238,6 +238,56 @@ fn fdatasync_eio_fails_pending_acks_and_faults() {
         let got = read_all(&p, 0).await;
         assert!(got.len() >= 6);
         assert_eq!(got[5].value, Bytes::from("value-b2-1"));
+    });
+}
+
+/// Once a failed fdatasync faults the partition, nothing can become durable: a reader waiting
+/// at the durable end is told so (the fault, named) instead of being woken with nothing to
+/// read, and so is one that starts waiting afterwards. A closed partition ends waits too.
+#[test]
+fn waiting_for_durable_records_reports_a_fault_or_close() {
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let p = s.open_partition(pid(), small_config(), true).await.unwrap();
+        fill(&p, 2, 2, 1).await;
+        let durable = p.offsets().durable;
+        assert!(p.wait_for_durable_beyond(durable - 1).await.is_ok());
+        let waiter = {
+            let p = p.clone();
+            glommio::spawn_local(async move { p.wait_for_durable_beyond(durable).await })
+        };
+        sim.fail_fsync_in(1);
+        assert!(
+            p.append(batch("lost", 1, 1), AckLevel::Durable)
+                .await
+                .is_err()
+        );
+        for result in [waiter.await, p.wait_for_durable_beyond(durable).await] {
+            match result {
+                Err(EngineError::PartitionFaulted { partition, reason }) => {
+                    assert_eq!(partition, pid());
+                    assert!(reason.contains("fdatasync"), "{reason}");
+                }
+                other => panic!("expected the fault, got {other:?}"),
+            }
+        }
+        assert!(
+            p.wait_for_durable_beyond(durable - 1).await.is_ok(),
+            "durable records stay readable"
+        );
+
+        let other = PartitionId::new("orders", 4);
+        let q = s
+            .open_partition(other.clone(), small_config(), true)
+            .await
+            .unwrap();
+        let waiter = {
+            let q = q.clone();
+            glommio::spawn_local(async move { q.wait_for_durable_beyond(0).await })
+        };
+        s.remove_partition(&other).await.unwrap();
+        assert!(matches!(waiter.await, Err(EngineError::Closed { .. })));
     });
 }
 

@@ -729,6 +729,7 @@ async fn subscribe(
     sink.send_headers(shardlog_wire::Metadata::new())?;
     loop {
         refuse_when_draining(&shard)?;
+        let polled_at = Instant::now();
         let response = match read(&shard, &target, offset, SUBSCRIBE_POLL_MS, None).await {
             // Over its fetch quota, a subscription is paced, not ended: no
             // read happens until the hinted time (nothing is buffered).
@@ -739,12 +740,24 @@ async fn subscribe(
             other => other?,
         };
         if response.records.is_empty() {
+            pace_empty_poll(polled_at).await;
             continue;
         }
         offset = response.next_offset;
         // Awaiting the send is the flow control: nothing more is read for
         // this subscriber until the client has taken the last message.
         sink.send(response).await?;
+    }
+}
+
+/// An empty answer normally ends a whole long poll; one that came back sooner
+/// (a read with nothing to wait for) must not turn the Subscribe loop into a
+/// spin that never yields the core: wait out the rest of the poll interval.
+async fn pace_empty_poll(polled_at: Instant) {
+    let poll = std::time::Duration::from_millis(SUBSCRIBE_POLL_MS);
+    let left = poll.saturating_sub(polled_at.elapsed());
+    if !left.is_zero() {
+        glommio::timer::sleep(left).await;
     }
 }
 

@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::groups::{CommittedOffset, GroupStore, group_owner};
 use crate::mesh::{Admission, Mesh};
 use crate::metrics::ShardMetrics;
-use crate::ops::{Failure, Op, PartitionState, Reply};
+use crate::ops::{Failure, Op, PartitionState, Reply, engine_error_code};
 use crate::security::quota::{QuotaKind, QuotaTicket};
 use crate::security::{SecurityPolicy, ShardSecurity};
 
@@ -346,10 +346,20 @@ impl ShardContext {
         if wait_ms > 0 && offset >= offsets.durable {
             let wait = target.wait_for_durable_beyond(offset);
             let timeout = glommio::timer::sleep(Duration::from_millis(wait_ms));
+            // A faulted or closed partition ends the wait with an error: nothing will become
+            // durable there, and answering "no records yet" would make a tailing reader
+            // retry at once, forever.
             futures_lite::future::or(wait, async {
                 timeout.await;
+                Ok(())
             })
-            .await;
+            .await
+            .map_err(|error| {
+                Failure::new(
+                    engine_error_code(&error),
+                    format!("waiting for records at offset {offset}: {error}"),
+                )
+            })?;
         }
         let result = target.read(offset, limits).await?;
         if let Some(ticket) = quota {

@@ -542,14 +542,29 @@ impl<S: Storage> Partition<S> {
         }
     }
 
-    /// Resolves once the durable offset is past `offset`, or the partition faults or closes.
-    pub async fn wait_for_durable_beyond(&self, offset: u64) {
+    /// Resolves `Ok` once the durable offset is past `offset`. Fails when the partition faults
+    /// or closes first, since no record will become durable after that: with
+    /// [`EngineError::PartitionFaulted`] (naming the fault; durable records stay readable
+    /// unless the fault was corruption) or [`EngineError::Closed`]. A tailing reader must stop
+    /// on the error: retrying at once would spin.
+    pub async fn wait_for_durable_beyond(&self, offset: u64) -> Result<()> {
         loop {
             let wait = self.changed.wait();
             {
                 let st = self.state.borrow();
-                if st.durable_offset > offset || st.fault.is_some() || st.closed {
-                    return;
+                if st.durable_offset > offset {
+                    return Ok(());
+                }
+                if let Some(f) = &st.fault {
+                    return Err(EngineError::PartitionFaulted {
+                        partition: self.id.clone(),
+                        reason: f.reason.clone(),
+                    });
+                }
+                if st.closed {
+                    return Err(EngineError::Closed {
+                        partition: self.id.clone(),
+                    });
                 }
             }
             wait.await;
