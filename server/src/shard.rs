@@ -166,6 +166,9 @@ impl ShardContext {
         deadline: Option<Instant>,
     ) -> Result<Reply, Failure> {
         if target == self.id {
+            if runs_to_completion(&op) {
+                return self.clone().run_detached(op, deadline).await;
+            }
             return self.clone().run(op, deadline).await;
         }
         let admission = if op.is_control_plane() {
@@ -191,6 +194,23 @@ impl ShardContext {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Runs `op` here as a detached task and awaits its reply: dropping the
+    /// returned future (the caller's deadline, RST_STREAM or disconnect) only
+    /// stops the wait, never the op, as for an op that came over the mesh.
+    async fn run_detached(
+        self: Rc<Self>,
+        op: Op,
+        deadline: Option<Instant>,
+    ) -> Result<Reply, Failure> {
+        let task = glommio::spawn_local(self.run(op, deadline)).detach();
+        task.await.unwrap_or_else(|| {
+            Err(Failure::new(
+                Code::UNAVAILABLE,
+                "the shard stopped before the operation finished",
+            ))
+        })
     }
 
     /// Executes an op on this shard, boxed so the mesh can spawn it.
@@ -555,6 +575,23 @@ impl ShardContext {
             .await
             .map(|_| ())
     }
+}
+
+/// Ops that change the catalog or create or remove partitions: interrupted
+/// half-way they would leave the catalog file, the shards' catalogs and the
+/// partition directories disagreeing (a deleted catalog file with the topic
+/// still served, whose data the next startup then removes), so a local call
+/// runs them to completion whatever happens to its caller.
+fn runs_to_completion(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::CreateTopic { .. }
+            | Op::DeleteTopic { .. }
+            | Op::OpenPartitions { .. }
+            | Op::RemovePartitions { .. }
+            | Op::CatalogUpsert(_)
+            | Op::CatalogRemove(_)
+    )
 }
 
 fn partitions_by_shard(meta: &TopicMeta) -> BTreeMap<usize, Vec<u32>> {

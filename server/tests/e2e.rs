@@ -75,6 +75,76 @@ fn topic_admin_lifecycle_and_errors() {
     assert!(server.data_dir().join("topics").join("orders.v1").is_dir());
 }
 
+/// A DeleteTopic whose caller gives up half-way (here: its deadline expires while the delete
+/// is under way) still runs to completion. Cut off after its catalog file was removed, it
+/// left the topic served (and taking produces) with no catalog file, so the next startup
+/// deleted acknowledged data. One shard, so the call always lands on the catalog shard.
+#[test]
+fn a_delete_topic_whose_caller_gives_up_still_completes() {
+    const ATTEMPTS: i32 = 48;
+    let server = TestServer::start(1);
+    let addr = server.addr;
+    let catalog_dir = server.data_dir().join("meta").join("topics");
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        let mut interrupted = 0;
+        for attempt in 0..ATTEMPTS {
+            let topic = format!("doomed-{attempt}");
+            log.create_topic(&topic, 1).await.expect("create");
+            log.produce(produce_to(&topic, 0, vec![record(b"x")]))
+                .await
+                .expect("produce");
+            // Deadlines from 100 us to about 70 ms: some expire while the delete runs.
+            let timeout_us = 100.0 * 1.15f64.powi(attempt);
+            let options =
+                CallOptions::default().with_timeout(Duration::from_micros(timeout_us as u64));
+            let request = pb::DeleteTopicRequest {
+                topic: topic.clone(),
+            };
+            let result = log
+                .channel
+                .unary::<_, pb::DeleteTopicResponse>(
+                    "/shardlog.v1.Log/DeleteTopic",
+                    &request,
+                    options,
+                )
+                .await;
+            let started = !catalog_dir.join(format!("{topic}.toml")).exists();
+            if result.is_ok() || !started {
+                continue;
+            }
+            interrupted += 1;
+            // Begun when its caller gave up: it finishes on its own (ABORTED while it runs),
+            // leaving nothing to delete and nothing to produce to.
+            let mut again = None;
+            for _ in 0..2_000 {
+                match log
+                    .unary::<_, pb::DeleteTopicResponse>("DeleteTopic", &request)
+                    .await
+                {
+                    Err(status) if status.code() == Code::ABORTED => {
+                        glommio::timer::sleep(Duration::from_millis(5)).await;
+                    }
+                    other => {
+                        again = Some(other);
+                        break;
+                    }
+                }
+            }
+            let again = again.expect("the interrupted delete finished");
+            expect_code(again, Code::NOT_FOUND);
+            expect_code(
+                log.produce(produce_to(&topic, 0, vec![record(b"y")])).await,
+                Code::NOT_FOUND,
+            );
+        }
+        assert!(
+            interrupted > 0,
+            "no deadline expired while a delete was under way"
+        );
+    });
+}
+
 #[test]
 fn produce_and_fetch_round_trip_byte_identical() {
     let server = TestServer::start(2);
