@@ -441,6 +441,157 @@ fn append_stream_returns_a_summary() {
     });
 }
 
+/// Sends `requests` on one ProduceStream, half-closes, and collects every
+/// response until the stream ends; returns them with the final status (None: OK).
+async fn run_produce_stream(
+    log: &Log,
+    requests: &[pb::ProduceRequest],
+) -> (Vec<pb::ProduceResponse>, Option<shardlog_wire::Status>) {
+    let (mut sink, responses) = open_produce_stream(&log.channel)
+        .await
+        .expect("open stream");
+    for request in requests {
+        sink.send(request).await.expect("send");
+    }
+    sink.finish().expect("half-close");
+    let mut stream = match responses.response().await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return (Vec::new(), Some(status)),
+    };
+    let mut received = Vec::new();
+    loop {
+        match stream.message().await {
+            Ok(Some(response)) => received.push(response),
+            Ok(None) => return (received, None),
+            Err(status) => return (received, Some(status)),
+        }
+    }
+}
+
+fn values(records: &[pb::FetchedRecord]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.value).into_owned())
+        .collect()
+}
+
+/// A ProduceStream whose request is refused (unknown topic) after good ones: every good
+/// request's response arrives, in order, before the status, which names what was written;
+/// reading stopped at the refusal, so the requests after it were never written.
+#[test]
+fn produce_stream_delivers_every_started_response_before_a_refusal() {
+    let server = TestServer::start(2);
+    let addr = server.addr;
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        log.create_topic("ordered", 1).await.expect("create");
+        let good = |value: &str| produce_to("ordered", 0, vec![record(value.as_bytes())]);
+        let mut requests: Vec<_> = (0..5).map(|i| good(&format!("g{i}"))).collect();
+        requests.push(produce_to("missing", 0, vec![record(b"nowhere")]));
+        requests.extend([good("late0"), good("late1")]);
+        let (responses, status) = run_produce_stream(&log, &requests).await;
+        let offsets: Vec<u64> = responses.iter().map(|r| r.base_offset).collect();
+        assert_eq!(
+            offsets,
+            vec![0, 1, 2, 3, 4],
+            "every good response, in order"
+        );
+        let status = status.expect("the stream ends with the refusal");
+        assert_eq!(status.code(), Code::NOT_FOUND, "{status:?}");
+        let message = status.message();
+        assert!(
+            message.contains("request 5")
+                && message.contains("5 requests (5 records): ordered/0 offsets 0-4"),
+            "{message}"
+        );
+        let stored = log.fetch_all("ordered", 0, 0).await;
+        assert_eq!(values(&stored), vec!["g0", "g1", "g2", "g3", "g4"]);
+    });
+}
+
+/// A produce that fails on the partition's owner (a sequence gap) in the middle of a
+/// ProduceStream: the responses before it arrive in order, the stream ends with its
+/// FAILED_PRECONDITION, and the message says which later requests, already started, were
+/// written anyway: the read-back holds exactly those records.
+#[test]
+fn produce_stream_failing_on_the_owner_reports_what_was_written() {
+    let server = TestServer::start(2);
+    let addr = server.addr;
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        log.create_topic("gapped", 1).await.expect("create");
+        let idempotent = |sequence: u64, value: &str| pb::ProduceRequest {
+            producer_id: 9,
+            sequence: Some(sequence),
+            ..produce_to("gapped", 0, vec![record(value.as_bytes())])
+        };
+        let requests = [
+            idempotent(0, "a0"),
+            idempotent(1, "a1"),
+            idempotent(2, "a2"),
+            idempotent(10, "gap"),
+            idempotent(3, "a3"),
+            idempotent(4, "a4"),
+        ];
+        let (responses, status) = run_produce_stream(&log, &requests).await;
+        let offsets: Vec<u64> = responses.iter().map(|r| r.base_offset).collect();
+        assert_eq!(offsets, vec![0, 1, 2]);
+        let status = status.expect("the stream ends with the gap");
+        assert_eq!(status.code(), Code::FAILED_PRECONDITION, "{status:?}");
+        let message = status.message();
+        assert!(message.contains("request 3"), "{message}");
+        let written_after = match message.split_once("written too: ") {
+            Some((_, rest)) => rest
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<usize>().ok())
+                .expect("a request count"),
+            None => 0,
+        };
+        let stored = values(&log.fetch_all("gapped", 0, 0).await);
+        let expected = ["a0", "a1", "a2", "a3", "a4"];
+        assert_eq!(stored, expected[..3 + written_after], "{message}");
+    });
+}
+
+/// An Append whose request is refused after good ones ends with the refusal's status,
+/// and its message names the records written before it (an Append has no other answer).
+#[test]
+fn append_refused_midway_names_what_it_wrote() {
+    let server = TestServer::start(2);
+    let addr = server.addr;
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        log.create_topic("ingest", 1).await.expect("create");
+        let (mut sink, summary) = log
+            .channel
+            .client_streaming::<pb::ProduceRequest, pb::AppendSummary>(
+                "/shardlog.v1.Log/Append",
+                CallOptions::default(),
+            )
+            .await
+            .expect("open");
+        for i in 0..3 {
+            let value = format!("e{i}");
+            sink.send(&produce_to("ingest", 0, vec![record(value.as_bytes())]))
+                .await
+                .expect("send");
+        }
+        sink.send(&produce_to("ingest", 7, vec![record(b"no such partition")]))
+            .await
+            .expect("send");
+        sink.finish().expect("finish");
+        let message = expect_code(summary.response().await, Code::INVALID_ARGUMENT);
+        assert!(
+            message.contains("request 3")
+                && message.contains("3 requests (3 records): ingest/0 offsets 0-2"),
+            "{message}"
+        );
+        let stored = log.fetch_all("ingest", 0, 0).await;
+        assert_eq!(values(&stored), vec!["e0", "e1", "e2"]);
+    });
+}
+
 #[test]
 fn long_poll_fetch_and_subscribe_follow_new_records() {
     let server = TestServer::start(2);
