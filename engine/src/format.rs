@@ -108,13 +108,18 @@ pub fn crc32(salt: u32, bytes: &[u8]) -> u32 {
 
 /// Encoded size of one record.
 pub fn record_encoded_bytes(record: &Record) -> usize {
-    let key = record.key.as_ref().map_or(0, |k| k.len());
-    let headers: usize = record
-        .headers
+    record_parts_encoded_bytes(record.key.as_ref(), &record.value, &record.headers)
+}
+
+/// Encoded size of a record with these parts: its fixed fields, key, value and headers with
+/// their own fixed fields (what it occupies in a batch).
+pub fn record_parts_encoded_bytes(key: Option<&Bytes>, value: &Bytes, headers: &[Header]) -> usize {
+    let key = key.map_or(0, |k| k.len());
+    let headers: usize = headers
         .iter()
         .map(|h| HEADER_FIXED_BYTES + h.key.len() + h.value.len())
         .sum();
-    RECORD_FIXED_BYTES + key + record.value.len() + headers
+    RECORD_FIXED_BYTES + key + value.len() + headers
 }
 
 /// The first record of `records` with more than [`RECORD_HEADERS_MAX`] headers, as (index,

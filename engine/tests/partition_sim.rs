@@ -845,6 +845,53 @@ fn a_record_over_the_header_limit_is_refused_and_what_is_acknowledged_reads_back
     });
 }
 
+/// A read's byte budget counts what the records take as stored (key, value, headers and their
+/// framing): records made mostly of headers fill it as fast as any other. Counting only keys
+/// and values, a read took a whole batch of them however large.
+#[test]
+fn read_budget_counts_headers_and_framing() {
+    use shardlog_engine::format::record_encoded_bytes;
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let p = s.open_partition(pid(), small_config(), true).await.unwrap();
+        let heavy = |i: usize| {
+            let mut r = record(&format!("heavy{i}"), 1);
+            r.headers[0].value = Bytes::from(vec![b'h'; 1000]);
+            r
+        };
+        let records: Vec<_> = (0..10).map(heavy).collect();
+        let record_bytes = record_encoded_bytes(&records[0]);
+        let batch = AppendBatch {
+            records,
+            producer: None,
+        };
+        p.append(batch, AckLevel::Durable).await.unwrap();
+        let limits = ReadLimits {
+            max_bytes: 2500,
+            max_records: usize::MAX,
+        };
+        let got = p.read(0, limits).await.unwrap();
+        // Added while the total is below the budget: the last one may cross it.
+        let expected = 2500_usize.div_ceil(record_bytes);
+        assert_eq!(
+            got.records.len(),
+            expected,
+            "{record_bytes} bytes per record"
+        );
+        assert_eq!(got.next_offset, expected as u64);
+        let one = ReadLimits {
+            max_bytes: 1,
+            max_records: usize::MAX,
+        };
+        assert_eq!(
+            p.read(0, one).await.unwrap().records.len(),
+            1,
+            "at least one"
+        );
+    });
+}
+
 /// Appends started in order get offsets in that order even when some of them must wait: here
 /// 1.5 MiB batches hit the 8 MiB unsynced-bytes bound while small batches behind them would
 /// still fit. A later append never overtakes a waiting one.

@@ -9,7 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use shardlog_engine::format::RECORD_HEADERS_MAX;
 use shardlog_engine::{
-    AckLevel, AppendBatch, Header, ProducerSeq, ReadLimits, Record, StoredRecord,
+    AckLevel, AppendBatch, Header, ProducerSeq, ReadLimits, ReadResult, Record, StoredRecord,
 };
 use shardlog_wire::proto::shardlog::v1 as pb;
 use shardlog_wire::server::Router;
@@ -818,14 +818,37 @@ async fn read(
         Reply::Read(result, offsets) => (result, offsets),
         _ => return Err(Failure::unexpected_reply("Fetch").into()),
     };
+    let (records, next_offset) = fetched_records(result, target.limits.max_bytes);
     Ok(pb::FetchResponse {
         topic: topic.to_owned(),
         partition,
-        records: result.records.into_iter().map(fetched_record).collect(),
-        next_offset: result.next_offset,
+        records,
+        next_offset,
         log_start_offset: offsets.log_start,
         durable_offset: offsets.durable,
     })
+}
+
+/// The response's records and the offset to read next. The engine bounds a
+/// read by the records' stored size; this bounds it by their encoded size in
+/// the response, framing included, with the same rule: records are added
+/// while the total is below `max_bytes` (at least one), so the answer stays
+/// under `max_bytes` plus one record, which the configuration guarantees fits
+/// in a message (`Config::validate`).
+fn fetched_records(result: ReadResult, max_bytes: usize) -> (Vec<pb::FetchedRecord>, u64) {
+    let mut records = Vec::with_capacity(result.records.len());
+    let mut bytes = 0usize;
+    for record in result.records {
+        if !records.is_empty() && bytes >= max_bytes {
+            return (records, record.offset);
+        }
+        let fetched = fetched_record(record);
+        let len = prost::Message::encoded_len(&fetched);
+        // The field's tag (one byte: field 3) and length prefix.
+        bytes += 1 + prost::length_delimiter_len(len) + len;
+        records.push(fetched);
+    }
+    (records, result.next_offset)
 }
 
 fn fetched_record(record: StoredRecord) -> pb::FetchedRecord {
@@ -990,4 +1013,46 @@ fn validate_group(group: &str) -> Result<(), Status> {
             ),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(offset: u64, value_bytes: usize) -> StoredRecord {
+        StoredRecord {
+            offset,
+            key: None,
+            value: Bytes::from(vec![b'v'; value_bytes]),
+            timestamp_ms: 1,
+            headers: vec![Header {
+                key: Bytes::from_static(b"h"),
+                value: Bytes::from(vec![b'h'; value_bytes]),
+            }],
+        }
+    }
+
+    #[test]
+    fn fetched_records_stop_once_the_encoded_budget_is_reached_and_keep_one() {
+        let result = || ReadResult {
+            records: (10..13).map(|offset| stored(offset, 100)).collect(),
+            next_offset: 13,
+        };
+        // Each record encodes to a little over 200 bytes (value and header value).
+        let (records, next) = fetched_records(result(), 300);
+        assert_eq!(
+            (records.len(), next),
+            (2, 12),
+            "the second one crosses the budget"
+        );
+        let (records, next) = fetched_records(result(), 1);
+        assert_eq!((records.len(), next), (1, 11), "at least one");
+        let (records, next) = fetched_records(result(), 1 << 20);
+        assert_eq!((records.len(), next), (3, 13));
+        let answer = pb::FetchResponse {
+            records: fetched_records(result(), 300).0,
+            ..Default::default()
+        };
+        assert!(prost::Message::encoded_len(&answer) < 300 + 250);
+    }
 }
