@@ -30,6 +30,25 @@ const _: () =
     assert!(shardlog_engine::format::RECORD_HEADERS_MAX * 18 + 1024 <= RESPONSE_OVERHEAD_BYTES);
 /// Upper bound on shards: one executor per core, and nobody has more cores.
 pub const SHARDS_MAX: usize = 1024;
+/// Smallest segment size, for the server default and a topic's own: every
+/// segment keeps a file (and its map) open, so tiny segments exhaust file
+/// descriptors long before the disk fills.
+pub const SEGMENT_SIZE_BYTES_MIN: u64 = 64 << 10;
+/// Largest segment size, for the server default and a topic's own: retention
+/// deletes whole segments, so bigger ones would hold data far past its limits
+/// (and sizes near `u64::MAX` overflow position arithmetic).
+pub const SEGMENT_SIZE_BYTES_MAX: u64 = 4 << 30;
+
+/// Checks a segment size against [`SEGMENT_SIZE_BYTES_MIN`] and
+/// [`SEGMENT_SIZE_BYTES_MAX`]; the error says what is allowed.
+pub fn validate_segment_bytes(segment_bytes: u64) -> Result<(), String> {
+    if (SEGMENT_SIZE_BYTES_MIN..=SEGMENT_SIZE_BYTES_MAX).contains(&segment_bytes) {
+        return Ok(());
+    }
+    Err(format!(
+        "must be between {SEGMENT_SIZE_BYTES_MIN} (64 KiB) and {SEGMENT_SIZE_BYTES_MAX} (4 GiB), got {segment_bytes}"
+    ))
+}
 
 /// Command-line flags of the `shardlog` binary.
 #[derive(Debug, Parser, Default)]
@@ -548,8 +567,8 @@ impl Config {
                 reason: error.to_string(),
             });
         }
-        if self.storage.segment_bytes_max < 64 << 10 {
-            return invalid("storage.segment_bytes_max", "must be at least 64 KiB");
+        if let Err(reason) = validate_segment_bytes(self.storage.segment_bytes_max) {
+            return invalid("storage.segment_bytes_max", &reason);
         }
         // Reads the token file too, so a bad one is a configuration error
         // (exit 2) rather than a failed startup.
@@ -783,5 +802,19 @@ mod tests {
             config.validate(),
             Err(ConfigError::Invalid { .. })
         ));
+        for segment_bytes_max in [(64 << 10) - 1, (4 << 30) + 1] {
+            let mut config = Config {
+                shards: 2,
+                ..Config::default()
+            };
+            config.storage.segment_bytes_max = segment_bytes_max;
+            assert!(matches!(
+                config.validate(),
+                Err(ConfigError::Invalid {
+                    setting: "storage.segment_bytes_max",
+                    ..
+                })
+            ));
+        }
     }
 }

@@ -451,6 +451,7 @@ impl ShardContext {
                 ),
             ));
         }
+        validate_retention(&name, &retention)?;
         if self.catalog.borrow().topic(&name).is_some()
             || self.catalog_busy.borrow().contains(&name)
         {
@@ -575,6 +576,21 @@ impl ShardContext {
             .await
             .map(|_| ())
     }
+}
+
+/// A topic's own segment size must be 0 (the server default) or within the
+/// bounds the server's default is held to. Its retention values need none:
+/// 0 means the server default, and any other size or age is meaningful.
+fn validate_retention(name: &str, retention: &TopicRetention) -> Result<(), Failure> {
+    if retention.segment_bytes == 0 {
+        return Ok(());
+    }
+    crate::config::validate_segment_bytes(retention.segment_bytes).map_err(|reason| {
+        Failure::new(
+            Code::INVALID_ARGUMENT,
+            format!("topic {name:?}: retention.segment_bytes {reason} (or 0: the server default)"),
+        )
+    })
 }
 
 /// Ops that change the catalog or create or remove partitions: interrupted

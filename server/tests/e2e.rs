@@ -75,6 +75,68 @@ fn topic_admin_lifecycle_and_errors() {
     assert!(server.data_dir().join("topics").join("orders.v1").is_dir());
 }
 
+/// A topic's own segment size is held to the bounds of the server's default (64 KiB to
+/// 4 GiB; 0 = the default): one byte rolled a segment per batch and kept every sealed one's
+/// file open until the process ran out of descriptors. Nothing is created for a refused one.
+#[test]
+fn create_topic_refuses_segment_sizes_out_of_bounds() {
+    let server = TestServer::start(2);
+    let addr = server.addr;
+    let topics_dir = server.data_dir().join("topics");
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        let create = |topic: &str, segment_bytes: u64| pb::CreateTopicRequest {
+            topic: topic.into(),
+            partition_count: 2,
+            retention: Some(pb::RetentionPolicy {
+                retention_bytes: 1,
+                retention_ms: 1,
+                segment_bytes,
+            }),
+        };
+        for (i, segment_bytes) in [1, (64 << 10) - 1, (4 << 30) + 1, u64::MAX]
+            .into_iter()
+            .enumerate()
+        {
+            let request = create(&format!("refused-{i}"), segment_bytes);
+            let result = log
+                .unary::<_, pb::CreateTopicResponse>("CreateTopic", &request)
+                .await;
+            let message = expect_code(result, Code::INVALID_ARGUMENT);
+            assert!(
+                message.contains("segment_bytes") && message.contains(&segment_bytes.to_string()),
+                "{message}"
+            );
+        }
+        for (topic, segment_bytes) in [("smallest", 64 << 10), ("largest", 4 << 30), ("default", 0)]
+        {
+            let created: pb::CreateTopicResponse = log
+                .unary("CreateTopic", &create(topic, segment_bytes))
+                .await
+                .expect("within bounds");
+            let retention = created.topic.expect("topic").retention.expect("retention");
+            assert_eq!(retention.segment_bytes, segment_bytes);
+        }
+        let listed: pb::ListTopicsResponse = log
+            .unary("ListTopics", &pb::ListTopicsRequest {})
+            .await
+            .expect("list");
+        assert_eq!(listed.topics, vec!["default", "largest", "smallest"]);
+    });
+    let mut dirs: Vec<String> = std::fs::read_dir(topics_dir)
+        .expect("topics dir")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    dirs.sort();
+    assert_eq!(dirs, vec!["default", "largest", "smallest"]);
+}
+
 /// A DeleteTopic whose caller gives up half-way (here: its deadline expires while the delete
 /// is under way) still runs to completion. Cut off after its catalog file was removed, it
 /// left the topic served (and taking produces) with no catalog file, so the next startup
