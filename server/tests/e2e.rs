@@ -729,6 +729,53 @@ fn long_poll_fetch_and_subscribe_follow_new_records() {
     });
 }
 
+/// Topic and group names of the longest valid length (249 characters) work end to end and
+/// survive a restart. Their metadata files were written through `<name>.toml.tmp`, 258
+/// bytes: over the file system's 255, so 247-249-character names failed with INTERNAL.
+#[test]
+fn the_longest_topic_and_group_names_work_and_survive_restart() {
+    let mut server = TestServer::start(2);
+    let addr = server.addr;
+    let long_topic = "t".repeat(249);
+    let long_group = "g".repeat(249);
+    let commit = pb::CommitOffsetRequest {
+        group: long_group.clone(),
+        topic: long_topic.clone(),
+        partition: 1,
+        offset: 42,
+        metadata: "m".into(),
+    };
+    let get = pb::GetCommittedOffsetRequest {
+        group: long_group,
+        topic: long_topic.clone(),
+        partition: 1,
+    };
+    {
+        let (topic, commit, get) = (long_topic.clone(), commit.clone(), get.clone());
+        block_on(move || async move {
+            let log = Log::connect(addr).await;
+            log.create_topic(&topic, 2).await.expect("create");
+            log.produce(produce_to(&topic, 1, vec![record(b"long")]))
+                .await
+                .expect("produce");
+            let _: pb::CommitOffsetResponse =
+                log.unary("CommitOffset", &commit).await.expect("commit");
+            let got: pb::GetCommittedOffsetResponse =
+                log.unary("GetCommittedOffset", &get).await.expect("get");
+            assert_eq!(got.offset, Some(42));
+        });
+    }
+    server.restart();
+    let addr = server.addr;
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        assert_eq!(log.fetch_all(&long_topic, 1, 0).await.len(), 1);
+        let got: pb::GetCommittedOffsetResponse =
+            log.unary("GetCommittedOffset", &get).await.expect("get");
+        assert_eq!((got.offset, got.metadata.as_str()), (Some(42), "m"));
+    });
+}
+
 #[test]
 fn consumer_group_offsets_survive_restart() {
     let mut server = TestServer::start(2);
