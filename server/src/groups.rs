@@ -23,6 +23,9 @@ use shardlog_wire::client::fnv1a_64;
 pub const COMMIT_METADATA_BYTES_MAX: usize = 4096;
 /// Most (topic, partition) entries one group may hold.
 pub const GROUP_ENTRIES_MAX: usize = 100_000;
+/// Largest group file written: what `meta_store::read_all` reads back at
+/// startup, so a stored group never stops the server from starting.
+pub const GROUP_FILE_BYTES_MAX: u64 = meta_store::META_FILE_BYTES_MAX;
 
 /// The shard owning `group`'s offsets.
 pub fn group_owner(group: &str, shards: usize) -> usize {
@@ -134,6 +137,8 @@ impl GroupError {
 pub struct GroupStore {
     dir: PathBuf,
     groups: RefCell<HashMap<String, Rc<RefCell<GroupState>>>>,
+    /// [`GROUP_FILE_BYTES_MAX`]; smaller in tests.
+    file_bytes_max: u64,
 }
 
 impl GroupStore {
@@ -166,6 +171,7 @@ impl GroupStore {
         Ok(Self {
             dir,
             groups: RefCell::new(groups),
+            file_bytes_max: GROUP_FILE_BYTES_MAX,
         })
     }
 
@@ -203,6 +209,7 @@ impl GroupStore {
                 state,
                 group: group.to_owned(),
                 dir: self.dir.clone(),
+                file_bytes_max: self.file_bytes_max,
             };
             glommio::spawn_local(write.run(permit)).detach().await;
         }
@@ -250,6 +257,7 @@ struct GroupWrite {
     state: Rc<RefCell<GroupState>>,
     group: String,
     dir: PathBuf,
+    file_bytes_max: u64,
 }
 
 impl GroupWrite {
@@ -292,6 +300,18 @@ impl GroupWrite {
                 .collect(),
         };
         let text = toml::to_string(&file).expect("group offsets always serialize");
+        // Refused rather than written: a larger file would be refused when
+        // read back, and the server would not start.
+        if text.len() as u64 > self.file_bytes_max {
+            return Err(GroupError::Limit {
+                group: self.group.clone(),
+                reason: format!(
+                    "its committed offsets would take {} bytes, over the {} bytes a group file may hold; commit fewer partitions or shorter metadata",
+                    text.len(),
+                    self.file_bytes_max
+                ),
+            });
+        }
         let dir = self.dir.clone();
         let name = format!("{}.toml", self.group);
         glommio::executor()
@@ -351,6 +371,56 @@ mod tests {
                 let reloaded = GroupStore::load(&path, 0, 1).expect("reload");
                 assert_eq!(reloaded.get("g", "t", 2), Some((7, "m".into())));
                 assert_eq!(reloaded.get("g", "t", 3), None);
+            })
+            .expect("spawn")
+            .join()
+            .expect("join");
+    }
+
+    /// A commit that would grow the group's file past its bound is refused (RESOURCE_EXHAUSTED
+    /// on the wire) and not visible; the stored file stays within the bound, so it always
+    /// reads back, and commits that do not grow it still succeed.
+    #[test]
+    fn a_commit_growing_the_group_file_past_its_bound_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().to_owned();
+        LocalExecutorBuilder::new(Placement::Unbound)
+            .spawn(move || async move {
+                let mut store = GroupStore::load(&path, 0, 1).expect("load");
+                store.file_bytes_max = 2048;
+                let entry = |partition: u32| CommittedOffset {
+                    partition,
+                    metadata: "x".repeat(200),
+                    ..commit_of(1)
+                };
+                let mut stored = 0;
+                let refused = loop {
+                    match store.commit("g", entry(stored)).await {
+                        Ok(()) => stored += 1,
+                        Err(error) => break error,
+                    }
+                    assert!(stored < 100, "the bound never applied");
+                };
+                let GroupError::Limit { reason, .. } = &refused else {
+                    panic!("{refused:?}");
+                };
+                assert!(
+                    reason.contains("2048 bytes a group file may hold"),
+                    "{reason}"
+                );
+                assert!(stored > 0);
+                assert_eq!(store.get("g", "t", stored), None, "the refused commit");
+                let replaced = CommittedOffset {
+                    offset: 9,
+                    ..entry(0)
+                };
+                store.commit("g", replaced).await.expect("same size");
+                let file = path.join("meta").join("groups").join("g.toml");
+                let file_bytes = std::fs::metadata(file).expect("group file").len();
+                assert!(file_bytes <= 2048, "{file_bytes}");
+                let reloaded = GroupStore::load(&path, 0, 1).expect("reload");
+                assert_eq!(reloaded.get("g", "t", 0).map(|(o, _)| o), Some(9));
+                assert_eq!(reloaded.get("g", "t", stored), None);
             })
             .expect("spawn")
             .join()
