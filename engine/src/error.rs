@@ -37,6 +37,21 @@ pub enum EngineError {
         /// Limit.
         batch_bytes_max: usize,
     },
+    /// A record with more headers than the batch format holds (the decoder would refuse it, so
+    /// it is refused before it is written).
+    #[error(
+        "{partition}: record {record_index} has {header_count} headers, more than the limit of {headers_max}"
+    )]
+    TooManyHeaders {
+        /// Partition.
+        partition: PartitionId,
+        /// Index of the record in its batch.
+        record_index: usize,
+        /// Headers it has.
+        header_count: usize,
+        /// Limit ([`crate::format::RECORD_HEADERS_MAX`]).
+        headers_max: usize,
+    },
     /// A read outside `[log_start, log_end]`.
     #[error("{partition}: offset {requested} out of range [{log_start}, {log_end}]")]
     OffsetOutOfRange {

@@ -55,6 +55,8 @@ pub const HEADER_FIXED_BYTES: usize = 8;
 
 const _: () = assert!(BATCH_HEADER_BYTES % 8 == 0);
 const _: () = assert!(BATCH_BYTES_MAX + 4096 <= 4 * 1024 * 1024);
+// A key length always decodes as a non-negative i32, never as the "no key" marker (-1).
+const _: () = assert!(BATCH_BYTES_MAX < i32::MAX as usize);
 
 /// Why bytes are not a valid batch.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -106,13 +108,28 @@ pub fn crc32(salt: u32, bytes: &[u8]) -> u32 {
 
 /// Encoded size of one record.
 pub fn record_encoded_bytes(record: &Record) -> usize {
-    let key = record.key.as_ref().map_or(0, |k| k.len());
-    let headers: usize = record
-        .headers
+    record_parts_encoded_bytes(record.key.as_ref(), &record.value, &record.headers)
+}
+
+/// Encoded size of a record with these parts: its fixed fields, key, value and headers with
+/// their own fixed fields (what it occupies in a batch).
+pub fn record_parts_encoded_bytes(key: Option<&Bytes>, value: &Bytes, headers: &[Header]) -> usize {
+    let key = key.map_or(0, |k| k.len());
+    let headers: usize = headers
         .iter()
         .map(|h| HEADER_FIXED_BYTES + h.key.len() + h.value.len())
         .sum();
-    RECORD_FIXED_BYTES + key + record.value.len() + headers
+    RECORD_FIXED_BYTES + key + value.len() + headers
+}
+
+/// The first record of `records` with more than [`RECORD_HEADERS_MAX`] headers, as (index,
+/// header count). The decoder refuses such a record, so the encoder must never write one.
+pub fn record_over_headers_max(records: &[Record]) -> Option<(usize, usize)> {
+    records
+        .iter()
+        .enumerate()
+        .find(|(_, record)| record.headers.len() > RECORD_HEADERS_MAX)
+        .map(|(index, record)| (index, record.headers.len()))
 }
 
 /// Encoded size of a batch holding `records`.
@@ -142,9 +159,10 @@ impl Writer<'_> {
 /// Encodes a batch into `out[..batch_encoded_bytes(records)]`, its CRC seeded with `salt`, and
 /// returns the bytes written.
 ///
-/// Preconditions (asserted): `records` is not empty and `out` is at least
-/// `batch_encoded_bytes(records)` long and that is at most [`BATCH_BYTES_MAX`]. Callers validate
-/// the batch first (the partition does, returning typed errors).
+/// Preconditions (asserted): `records` is not empty, no record has more than
+/// [`RECORD_HEADERS_MAX`] headers, and `out` is at least `batch_encoded_bytes(records)` long and
+/// that is at most [`BATCH_BYTES_MAX`]: every limit the decoder enforces, so what is encoded
+/// always decodes. Callers validate the batch first (the partition does, returning typed errors).
 pub fn encode_batch_into(
     out: &mut [u8],
     salt: u32,
@@ -155,6 +173,7 @@ pub fn encode_batch_into(
     let batch_bytes = batch_encoded_bytes(records);
     assert!(!records.is_empty() && records.len() <= BATCH_RECORDS_MAX);
     assert!(batch_bytes <= BATCH_BYTES_MAX && out.len() >= batch_bytes);
+    assert!(record_over_headers_max(records).is_none());
     let first_ts = records[0].timestamp_ms;
     let max_ts = records
         .iter()

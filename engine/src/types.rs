@@ -94,8 +94,10 @@ pub struct Appended {
 /// alone exceeds `max_bytes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadLimits {
-    /// Most bytes to return: key + value bytes for `read`, whole batch bytes for
-    /// `read_batches`.
+    /// Most bytes to return: for `read`, the records' encoded bytes as stored (key, value,
+    /// headers and the per-record and per-header fixed fields; see
+    /// [`crate::format::record_encoded_bytes`]); for `read_batches`, whole batch bytes.
+    /// Records are added while the total is below it, so the last one may cross it.
     pub max_bytes: usize,
     /// Most records to return.
     pub max_records: usize,

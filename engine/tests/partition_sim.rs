@@ -140,7 +140,7 @@ fn written_ack_is_not_readable_before_durable() {
             .records
             .is_empty()
         );
-        p.wait_for_durable_beyond(0).await;
+        p.wait_for_durable_beyond(0).await.unwrap();
         assert_eq!(
             p.read(
                 0,
@@ -238,6 +238,56 @@ fn fdatasync_eio_fails_pending_acks_and_faults() {
         let got = read_all(&p, 0).await;
         assert!(got.len() >= 6);
         assert_eq!(got[5].value, Bytes::from("value-b2-1"));
+    });
+}
+
+/// Once a failed fdatasync faults the partition, nothing can become durable: a reader waiting
+/// at the durable end is told so (the fault, named) instead of being woken with nothing to
+/// read, and so is one that starts waiting afterwards. A closed partition ends waits too.
+#[test]
+fn waiting_for_durable_records_reports_a_fault_or_close() {
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let p = s.open_partition(pid(), small_config(), true).await.unwrap();
+        fill(&p, 2, 2, 1).await;
+        let durable = p.offsets().durable;
+        assert!(p.wait_for_durable_beyond(durable - 1).await.is_ok());
+        let waiter = {
+            let p = p.clone();
+            glommio::spawn_local(async move { p.wait_for_durable_beyond(durable).await })
+        };
+        sim.fail_fsync_in(1);
+        assert!(
+            p.append(batch("lost", 1, 1), AckLevel::Durable)
+                .await
+                .is_err()
+        );
+        for result in [waiter.await, p.wait_for_durable_beyond(durable).await] {
+            match result {
+                Err(EngineError::PartitionFaulted { partition, reason }) => {
+                    assert_eq!(partition, pid());
+                    assert!(reason.contains("fdatasync"), "{reason}");
+                }
+                other => panic!("expected the fault, got {other:?}"),
+            }
+        }
+        assert!(
+            p.wait_for_durable_beyond(durable - 1).await.is_ok(),
+            "durable records stay readable"
+        );
+
+        let other = PartitionId::new("orders", 4);
+        let q = s
+            .open_partition(other.clone(), small_config(), true)
+            .await
+            .unwrap();
+        let waiter = {
+            let q = q.clone();
+            glommio::spawn_local(async move { q.wait_for_durable_beyond(0).await })
+        };
+        s.remove_partition(&other).await.unwrap();
+        assert!(matches!(waiter.await, Err(EngineError::Closed { .. })));
     });
 }
 
@@ -738,6 +788,122 @@ fn bad_input_is_rejected_with_typed_errors() {
         s.remove_partition(&pid()).await.unwrap();
         assert!(s.partition(&pid()).is_none());
         assert!(sim.file_names().is_empty(), "{:?}", sim.file_names());
+    });
+}
+
+/// A record with `count` one-byte headers.
+fn record_with_headers(count: usize) -> shardlog_engine::Record {
+    let mut r = record("headers", 1);
+    r.headers = (0..count)
+        .map(|i| shardlog_engine::Header {
+            key: Bytes::from(format!("h{i}")),
+            value: Bytes::from_static(b"v"),
+        })
+        .collect();
+    r
+}
+
+/// The decoder refuses a record with more than `RECORD_HEADERS_MAX` headers, so append refuses
+/// it before anything is written: an acknowledged batch always reads back, before and after a
+/// crash (recovery would otherwise take it for a torn tail and cut the log there).
+#[test]
+fn a_record_over_the_header_limit_is_refused_and_what_is_acknowledged_reads_back() {
+    use shardlog_engine::format::RECORD_HEADERS_MAX;
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let p = s.open_partition(pid(), small_config(), true).await.unwrap();
+        let over = AppendBatch {
+            records: vec![record("ok", 1), record_with_headers(RECORD_HEADERS_MAX + 1)],
+            producer: None,
+        };
+        let refused = p.append(over, AckLevel::Durable).await.unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                EngineError::TooManyHeaders {
+                    record_index: 1,
+                    header_count,
+                    headers_max: RECORD_HEADERS_MAX,
+                    ..
+                } if header_count == RECORD_HEADERS_MAX + 1
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(p.offsets().log_end, 0, "nothing of the batch was written");
+        let at_limit = AppendBatch {
+            records: vec![record_with_headers(RECORD_HEADERS_MAX)],
+            producer: None,
+        };
+        p.append(at_limit, AckLevel::Durable).await.unwrap();
+        p.append(batch("after", 2, 1), AckLevel::Durable)
+            .await
+            .unwrap();
+        let got = read_all(&p, 0).await;
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].headers.len(), RECORD_HEADERS_MAX);
+        drop(p);
+        drop(s);
+        sim.crash();
+        let s = shard(&sim);
+        let p = s
+            .open_partition(pid(), small_config(), false)
+            .await
+            .unwrap();
+        assert_eq!(p.fault(), None);
+        assert_eq!(
+            p.offsets().durable,
+            3,
+            "recovery keeps every acknowledged record"
+        );
+        assert_eq!(read_all(&p, 0).await[0].headers.len(), RECORD_HEADERS_MAX);
+    });
+}
+
+/// A read's byte budget counts what the records take as stored (key, value, headers and their
+/// framing): records made mostly of headers fill it as fast as any other. Counting only keys
+/// and values, a read took a whole batch of them however large.
+#[test]
+fn read_budget_counts_headers_and_framing() {
+    use shardlog_engine::format::record_encoded_bytes;
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let p = s.open_partition(pid(), small_config(), true).await.unwrap();
+        let heavy = |i: usize| {
+            let mut r = record(&format!("heavy{i}"), 1);
+            r.headers[0].value = Bytes::from(vec![b'h'; 1000]);
+            r
+        };
+        let records: Vec<_> = (0..10).map(heavy).collect();
+        let record_bytes = record_encoded_bytes(&records[0]);
+        let batch = AppendBatch {
+            records,
+            producer: None,
+        };
+        p.append(batch, AckLevel::Durable).await.unwrap();
+        let limits = ReadLimits {
+            max_bytes: 2500,
+            max_records: usize::MAX,
+        };
+        let got = p.read(0, limits).await.unwrap();
+        // Added while the total is below the budget: the last one may cross it.
+        let expected = 2500_usize.div_ceil(record_bytes);
+        assert_eq!(
+            got.records.len(),
+            expected,
+            "{record_bytes} bytes per record"
+        );
+        assert_eq!(got.next_offset, expected as u64);
+        let one = ReadLimits {
+            max_bytes: 1,
+            max_records: usize::MAX,
+        };
+        assert_eq!(
+            p.read(0, one).await.unwrap().records.len(),
+            1,
+            "at least one"
+        );
     });
 }
 

@@ -17,11 +17,38 @@ pub const LISTEN_DEFAULT: &str = "127.0.0.1:50051";
 pub const DATA_DIR_DEFAULT: &str = "./shardlog-data";
 /// Metrics listen address used when nothing else is configured.
 pub const METRICS_LISTEN_DEFAULT: &str = "127.0.0.1:9464";
-/// Room kept in a gRPC message for the framing around records (offsets,
-/// headers, protobuf tags) when a fetch answer is sized.
+/// Room kept in a gRPC message for what a fetch answer's byte budget does not
+/// count: the framing of the one record that may cross the budget (offset,
+/// timestamp, protobuf tags and lengths, up to 1024 headers: under 19 KiB) and
+/// the answer's own fields (topic name, offsets).
 pub const RESPONSE_OVERHEAD_BYTES: usize = 64 << 10;
+
+// The framing of a record with the most headers fits in the room: at most 18
+// bytes per header (tags of the header, its key and value: 1 byte each; their
+// lengths: 5 bytes each), 1 KiB for the record's and the answer's own fields.
+const _: () =
+    assert!(shardlog_engine::format::RECORD_HEADERS_MAX * 18 + 1024 <= RESPONSE_OVERHEAD_BYTES);
 /// Upper bound on shards: one executor per core, and nobody has more cores.
 pub const SHARDS_MAX: usize = 1024;
+/// Smallest segment size, for the server default and a topic's own: every
+/// segment keeps a file (and its map) open, so tiny segments exhaust file
+/// descriptors long before the disk fills.
+pub const SEGMENT_SIZE_BYTES_MIN: u64 = 64 << 10;
+/// Largest segment size, for the server default and a topic's own: retention
+/// deletes whole segments, so bigger ones would hold data far past its limits
+/// (and sizes near `u64::MAX` overflow position arithmetic).
+pub const SEGMENT_SIZE_BYTES_MAX: u64 = 4 << 30;
+
+/// Checks a segment size against [`SEGMENT_SIZE_BYTES_MIN`] and
+/// [`SEGMENT_SIZE_BYTES_MAX`]; the error says what is allowed.
+pub fn validate_segment_bytes(segment_bytes: u64) -> Result<(), String> {
+    if (SEGMENT_SIZE_BYTES_MIN..=SEGMENT_SIZE_BYTES_MAX).contains(&segment_bytes) {
+        return Ok(());
+    }
+    Err(format!(
+        "must be between {SEGMENT_SIZE_BYTES_MIN} (64 KiB) and {SEGMENT_SIZE_BYTES_MAX} (4 GiB), got {segment_bytes}"
+    ))
+}
 
 /// Command-line flags of the `shardlog` binary.
 #[derive(Debug, Parser, Default)]
@@ -530,24 +557,7 @@ impl Config {
                 "must be at least message_bytes_max",
             );
         }
-        // A fetch answer carries up to fetch_bytes_max of records, or one record of up to
-        // record_bytes_max, plus framing: both must fit in one gRPC message.
-        let answer_bytes_max = self
-            .limits
-            .message_bytes_max
-            .saturating_sub(RESPONSE_OVERHEAD_BYTES);
-        if self.limits.record_bytes_max > answer_bytes_max {
-            return invalid(
-                "limits.record_bytes_max",
-                "must leave 64 KiB of message_bytes_max for framing",
-            );
-        }
-        if self.limits.fetch_bytes_max > answer_bytes_max {
-            return invalid(
-                "limits.fetch_bytes_max",
-                "must leave 64 KiB of message_bytes_max for framing",
-            );
-        }
+        self.limits.validate_answer_size()?;
         if self.storage.topic_partitions_max == 0 {
             return invalid("storage.topic_partitions_max", "must be at least 1");
         }
@@ -557,8 +567,8 @@ impl Config {
                 reason: error.to_string(),
             });
         }
-        if self.storage.segment_bytes_max < 64 << 10 {
-            return invalid("storage.segment_bytes_max", "must be at least 64 KiB");
+        if let Err(reason) = validate_segment_bytes(self.storage.segment_bytes_max) {
+            return invalid("storage.segment_bytes_max", &reason);
         }
         // Reads the token file too, so a bad one is a configuration error
         // (exit 2) rather than a failed startup.
@@ -568,6 +578,30 @@ impl Config {
         // 2), reported before anything starts.
         if let Some(files) = self.tls.files() {
             shardlog_wire::tls::server_config(&files)?;
+        }
+        Ok(())
+    }
+}
+
+impl LimitsConfig {
+    /// A fetch or Subscribe answer holds encoded records (framing included)
+    /// while their total is below `fetch_bytes_max`, so it may cross it by one
+    /// record of up to `record_bytes_max` plus that record's framing (at most
+    /// 1024 headers): all of it, and the answer's own fields, must fit in one
+    /// gRPC message, or the offsets it holds could never be fetched.
+    fn validate_answer_size(&self) -> Result<(), ConfigError> {
+        let answer_bytes_max = self
+            .fetch_bytes_max
+            .saturating_add(self.record_bytes_max)
+            .saturating_add(RESPONSE_OVERHEAD_BYTES);
+        if answer_bytes_max > self.message_bytes_max {
+            return Err(ConfigError::Invalid {
+                setting: "limits.fetch_bytes_max",
+                reason: format!(
+                    "fetch_bytes_max ({}) + record_bytes_max ({}) + 64 KiB of framing must fit in message_bytes_max ({})",
+                    self.fetch_bytes_max, self.record_bytes_max, self.message_bytes_max
+                ),
+            });
         }
         Ok(())
     }
@@ -731,6 +765,33 @@ mod tests {
     }
 
     #[test]
+    fn a_fetch_answer_of_fetch_bytes_max_plus_one_record_must_fit_in_a_message() {
+        let limits = |message: usize, record: usize, fetch: usize| LimitsConfig {
+            message_bytes_max: message,
+            record_bytes_max: record,
+            fetch_bytes_max: fetch,
+            ..LimitsConfig::default()
+        };
+        let mib = 1 << 20;
+        assert!(LimitsConfig::default().validate_answer_size().is_ok());
+        assert!(
+            limits(mib, 448 << 10, 448 << 10)
+                .validate_answer_size()
+                .is_ok()
+        );
+        // Each fits alone, but not together: an answer may hold both.
+        for (record, fetch) in [(512 << 10, 512 << 10), (mib - 1, 1), (1, mib - 1)] {
+            assert!(matches!(
+                limits(mib, record, fetch).validate_answer_size(),
+                Err(ConfigError::Invalid {
+                    setting: "limits.fetch_bytes_max",
+                    ..
+                })
+            ));
+        }
+    }
+
+    #[test]
     fn out_of_range_values_are_refused() {
         let mut config = Config {
             shards: 2,
@@ -741,5 +802,19 @@ mod tests {
             config.validate(),
             Err(ConfigError::Invalid { .. })
         ));
+        for segment_bytes_max in [(64 << 10) - 1, (4 << 30) + 1] {
+            let mut config = Config {
+                shards: 2,
+                ..Config::default()
+            };
+            config.storage.segment_bytes_max = segment_bytes_max;
+            assert!(matches!(
+                config.validate(),
+                Err(ConfigError::Invalid {
+                    setting: "storage.segment_bytes_max",
+                    ..
+                })
+            ));
+        }
     }
 }

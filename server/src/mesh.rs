@@ -27,6 +27,10 @@ use crate::ops::{Failure, Op, Reply};
 /// refused UNAVAILABLE.
 pub const QUEUE_FULL_WAIT: Duration = Duration::from_millis(50);
 
+/// What a refusal before any write says; a stream's failure status rewords it,
+/// since other requests of the stream may have been written.
+pub const NOTHING_WRITTEN: &str = "nothing was written";
+
 /// How a call behaves when the mesh is busy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -195,7 +199,7 @@ impl Mesh {
         Failure::new(
             Code::UNAVAILABLE,
             format!(
-                "shard {} -> shard {target}: {why}; nothing was written, retry",
+                "shard {} -> shard {target}: {why}; {NOTHING_WRITTEN}, retry",
                 self.shard
             ),
         )

@@ -16,6 +16,17 @@ pub const META_FILES_PER_DIR_MAX: usize = 1 << 20;
 
 const TEMP_SUFFIX: &str = ".tmp";
 
+/// The temp file a write of `name` goes through: `name` with its extension
+/// replaced by `tmp`. No longer than `name` when its extension has at least 3
+/// characters (`.toml` here), so every name that fits the file system's
+/// limit (255 bytes; names are up to 249 characters plus `.toml`) has a temp
+/// name that fits too; one temp name per final name in a directory whose files
+/// share an extension; never a name [`read_all`] takes for data.
+fn temp_name(name: &str) -> String {
+    let stem = name.rsplit_once('.').map_or(name, |(stem, _)| stem);
+    format!("{stem}{TEMP_SUFFIX}")
+}
+
 /// A metadata file operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
@@ -52,7 +63,11 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), MetaErro
     assert!(!name.contains('/'), "metadata file names are plain names");
     fs::create_dir_all(dir).map_err(io_error("create_dir_all", dir))?;
     let final_path = dir.join(name);
-    let temp_path = dir.join(format!("{name}{TEMP_SUFFIX}"));
+    assert!(
+        !name.ends_with(TEMP_SUFFIX),
+        "temp names are never final names"
+    );
+    let temp_path = dir.join(temp_name(name));
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -133,17 +148,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_longest_names_write_through_a_temp_name_that_fits() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // 249 characters (the longest topic or group name) plus ".toml": 254 bytes.
+        let longest = format!("{}.toml", "n".repeat(249));
+        write_atomic(dir.path(), &longest, b"kept").expect("write");
+        assert_eq!(temp_name(&longest).len(), 253);
+        assert_eq!(temp_name("a.b.toml"), "a.b.tmp");
+        let files = read_all(dir.path(), "toml").expect("read");
+        assert_eq!(files, vec![(longest, b"kept".to_vec())]);
+    }
+
+    #[test]
     fn write_replace_read_remove() {
         let dir = tempfile::tempdir().expect("temp dir");
         let sub = dir.path().join("a");
         write_atomic(&sub, "x.toml", b"one").expect("write");
         write_atomic(&sub, "x.toml", b"two").expect("overwrite");
-        fs::write(sub.join("y.toml.tmp"), b"torn").expect("leftover");
+        fs::write(sub.join("y.tmp"), b"torn").expect("leftover");
+        fs::write(sub.join("w.toml.tmp"), b"older leftover").expect("leftover");
         fs::write(sub.join("z.txt"), b"other").expect("other");
         let files = read_all(&sub, "toml").expect("read");
         assert_eq!(files, vec![("x.toml".to_owned(), b"two".to_vec())]);
         assert!(
-            !sub.join("y.toml.tmp").exists(),
+            !sub.join("y.tmp").exists() && !sub.join("w.toml.tmp").exists(),
             "temp leftovers are cleaned"
         );
         remove_durable(&sub, "x.toml").expect("remove");

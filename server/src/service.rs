@@ -7,8 +7,9 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use shardlog_engine::format::RECORD_HEADERS_MAX;
 use shardlog_engine::{
-    AckLevel, AppendBatch, Header, ProducerSeq, ReadLimits, Record, StoredRecord,
+    AckLevel, AppendBatch, Header, ProducerSeq, ReadLimits, ReadResult, Record, StoredRecord,
 };
 use shardlog_wire::proto::shardlog::v1 as pb;
 use shardlog_wire::server::Router;
@@ -16,6 +17,7 @@ use shardlog_wire::{CallContext, Code, Request, Response, ResponseSink, Status, 
 
 use crate::catalog::{TopicMeta, TopicRetention};
 use crate::groups::CommittedOffset;
+use crate::mesh::NOTHING_WRITTEN;
 use crate::ops::{Failure, Op, RETRY_AFTER_MS_TRAILER, Reply};
 use crate::security::Operation;
 use crate::security::quota::{QuotaKind, QuotaTicket};
@@ -271,7 +273,7 @@ impl ProduceAdmission {
             return Err(Status::new(
                 Code::UNAVAILABLE,
                 format!(
-                    "shard {} is overloaded: {over}; nothing was written, retry",
+                    "shard {} is overloaded: {over}; {NOTHING_WRITTEN}, retry",
                     shard.id
                 ),
             ));
@@ -400,7 +402,8 @@ fn producer_identity(
 }
 
 /// Converts the request's records to the engine's (same `Bytes`, no copy),
-/// checking each against the size limit; returns them with their total size.
+/// checking each against the size and header-count limits; returns them
+/// with their total size.
 fn convert_records(
     records: Vec<pb::Record>,
     record_bytes_max: usize,
@@ -411,6 +414,16 @@ fn convert_records(
     let mut total_bytes = 0;
     let mut converted = Vec::with_capacity(records.len());
     for (index, record) in records.into_iter().enumerate() {
+        // The engine refuses it too; checked here so the client learns which record.
+        if record.headers.len() > RECORD_HEADERS_MAX {
+            return Err(Status::new(
+                Code::INVALID_ARGUMENT,
+                format!(
+                    "produce to {topic}/{partition}: record {index} has {} headers, more than the limit of {RECORD_HEADERS_MAX}",
+                    record.headers.len()
+                ),
+            ));
+        }
         let headers_bytes: usize = record
             .headers
             .iter()
@@ -475,45 +488,186 @@ async fn produce(
     run_produce(shard.clone(), prepared, deadline).await
 }
 
+/// One request of a stream, in request order: its produce task, or the
+/// refusal (or read error) that ended reading.
+enum StreamStep {
+    Started(
+        String,
+        glommio::task::JoinHandle<Result<pb::ProduceResponse, Status>>,
+    ),
+    Refused(Status),
+}
+
+impl StreamStep {
+    /// The produce's response (with its topic) or why there is none.
+    async fn outcome(self) -> Result<(String, pb::ProduceResponse), Status> {
+        match self {
+            StreamStep::Started(topic, task) => {
+                let cancelled = || Err(Status::new(Code::UNAVAILABLE, "produce task cancelled"));
+                task.await.unwrap_or_else(cancelled).map(|r| (topic, r))
+            }
+            StreamStep::Refused(status) => Err(status),
+        }
+    }
+}
+
+/// What a stream's writer has seen so far.
+#[derive(Default)]
+struct StreamProgress {
+    /// Responses delivered (`on_done` succeeded), all before any failure.
+    acknowledged: AppendTally,
+    failure: Option<StreamFailure>,
+    /// Position of the next request, from 0.
+    index: u64,
+}
+
+impl StreamProgress {
+    fn fail(&mut self, status: Status) {
+        self.failure = Some(StreamFailure {
+            index: self.index,
+            status,
+            written_after: AppendTally::default(),
+        });
+    }
+
+    fn written_after_failure(&mut self, topic: String, response: &pb::ProduceResponse) {
+        if let Some(failed) = &mut self.failure {
+            failed.written_after.add(topic, response);
+        }
+    }
+
+    fn into_result(self) -> Result<(), Status> {
+        match self.failure {
+            None => Ok(()),
+            Some(failed) => Err(failed.into_status(&self.acknowledged)),
+        }
+    }
+}
+
+/// The first failure of a stream, and what the produces started before it
+/// was known (and after it in request order) did.
+struct StreamFailure {
+    /// Position of the failed request in the stream, from 0.
+    index: u64,
+    status: Status,
+    /// Produces after the failed one that were written anyway.
+    written_after: AppendTally,
+}
+
+impl StreamFailure {
+    /// The status that ends the stream: the failed request's own, with what
+    /// the stream did write spelled out, so that no client takes it for "the
+    /// stream wrote nothing" and resends written records.
+    fn into_status(self, acknowledged: &AppendTally) -> Status {
+        let (code, message, metadata) = self.status.into_parts();
+        if acknowledged.request_count == 0 && self.written_after.request_count == 0 {
+            return Status::new(code, message).with_metadata(metadata);
+        }
+        // The phrase speaks for the failed request only, not for the stream.
+        let message = message.replace(NOTHING_WRITTEN, "this request was not written");
+        let mut text = format!(
+            "request {} of the stream failed: {message}; written and acknowledged before it: {}",
+            self.index,
+            acknowledged.describe()
+        );
+        if self.written_after.request_count > 0 {
+            text.push_str(&format!(
+                "; started before the failure was known and written too: {}",
+                self.written_after.describe()
+            ));
+        }
+        Status::new(code, text).with_metadata(metadata)
+    }
+}
+
 /// Starts every produce of a stream in arrival order (so offsets follow the
-/// request order) and hands their tasks, in order, to `on_done`. At most
+/// request order) and hands their responses, in order, to `on_done`. At most
 /// `stream_inflight_max` produces are in flight; reading waits beyond that.
+///
+/// The first failure (a refused request, a failed produce, a broken input
+/// or `on_done` failing) stops reading new requests; every response before
+/// it is still delivered in order, the produces started after it are
+/// awaited (they are written or not regardless), and the stream ends with
+/// that failure, naming what was written.
 async fn pipeline(
     shard: Rc<ShardContext>,
     mut input: Streaming<pb::ProduceRequest>,
     context: CallContext,
     mut on_done: impl AsyncFnMut(String, pb::ProduceResponse) -> Result<(), Status>,
 ) -> Result<(), Status> {
-    type Started = glommio::task::JoinHandle<Result<pb::ProduceResponse, Status>>;
     let window = shard.config.limits.stream_inflight_max;
     let deadline = context.deadline();
-    let (started_tx, started_rx) =
-        glommio::channels::local_channel::new_bounded::<(String, Started)>(window);
+    let (steps_tx, steps_rx) = glommio::channels::local_channel::new_bounded::<StreamStep>(window);
+    // Fired by the writer at the first failure: reading stops at once, even
+    // while it waits for a request the client may never send.
+    let (stop_tx, mut stop_rx) = futures_channel::oneshot::channel::<()>();
     let reader = async {
-        while let Some(request) = input.message().await? {
-            let prepared = prepare_produce(&shard, &context, request)?;
-            let topic = prepared.topic.clone();
-            let task =
-                glommio::spawn_local(run_produce(shard.clone(), prepared, deadline)).detach();
-            if started_tx.send((topic, task)).await.is_err() {
+        loop {
+            let stopped = async {
+                let _ = (&mut stop_rx).await;
+                None
+            };
+            let step = match futures_lite::future::or(stopped, async {
+                Some(input.message().await)
+            })
+            .await
+            {
+                None | Some(Ok(None)) => break,
+                Some(Ok(Some(request))) => start_produce(&shard, &context, request, deadline),
+                Some(Err(status)) => StreamStep::Refused(status),
+            };
+            let refused = matches!(step, StreamStep::Refused(_));
+            if steps_tx.send(step).await.is_err() || refused {
                 break;
             }
         }
-        drop(started_tx);
-        Ok::<(), Status>(())
+        drop(steps_tx);
     };
     let writer = async {
-        while let Some((topic, task)) = started_rx.recv().await {
-            let response = task
-                .await
-                .unwrap_or_else(|| Err(Status::new(Code::UNAVAILABLE, "produce task cancelled")))?;
-            on_done(topic, response).await?;
+        let mut stop = Some(stop_tx);
+        let mut progress = StreamProgress::default();
+        while let Some(step) = steps_rx.recv().await {
+            match (&mut progress.failure, step.outcome().await) {
+                (Some(failed), Ok((topic, response))) => failed.written_after.add(topic, &response),
+                (Some(_), Err(_)) => {}
+                (None, Ok((topic, response))) => match on_done(topic.clone(), response).await {
+                    Ok(()) => progress.acknowledged.add(topic, &response),
+                    Err(status) => {
+                        progress.fail(status);
+                        progress.written_after_failure(topic, &response);
+                    }
+                },
+                (None, Err(status)) => progress.fail(status),
+            }
+            if progress.failure.is_some()
+                && let Some(stop) = stop.take()
+            {
+                let _ = stop.send(());
+            }
+            progress.index += 1;
         }
-        Ok::<(), Status>(())
+        progress.into_result()
     };
-    futures_lite::future::try_zip(reader, writer)
-        .await
-        .map(|_| ())
+    let ((), result) = futures_lite::future::zip(reader, writer).await;
+    result
+}
+
+/// Validates one request of a stream and starts its produce (detached: once
+/// started it is written whatever happens to the stream).
+fn start_produce(
+    shard: &Rc<ShardContext>,
+    context: &CallContext,
+    request: pb::ProduceRequest,
+    deadline: Option<Instant>,
+) -> StreamStep {
+    match prepare_produce(shard, context, request) {
+        Ok(prepared) => {
+            let topic = prepared.topic.clone();
+            let task = glommio::spawn_local(run_produce(shard.clone(), prepared, deadline));
+            StreamStep::Started(topic, task.detach())
+        }
+        Err(status) => StreamStep::Refused(status),
+    }
 }
 
 async fn produce_stream(
@@ -559,7 +713,32 @@ impl AppendTally {
         entry.last_offset = entry.last_offset.max(last);
         entry.record_count += records;
     }
+
+    /// "N requests (M records): topic/p offsets a-b, ..." for a status message,
+    /// naming at most [`TALLY_PARTITIONS_NAMED_MAX`] partitions.
+    fn describe(&self) -> String {
+        let mut text = format!(
+            "{} requests ({} records)",
+            self.request_count, self.record_count
+        );
+        for (i, summary) in self.partitions.values().enumerate() {
+            if i == TALLY_PARTITIONS_NAMED_MAX {
+                let more = self.partitions.len() - i;
+                text.push_str(&format!(", and {more} more partitions"));
+                break;
+            }
+            text.push_str(if i == 0 { ": " } else { ", " });
+            text.push_str(&format!(
+                "{}/{} offsets {}-{}",
+                summary.topic, summary.partition, summary.first_offset, summary.last_offset
+            ));
+        }
+        text
+    }
 }
+
+/// Partitions a stream's failure status names (its message stays short).
+const TALLY_PARTITIONS_NAMED_MAX: usize = 8;
 
 async fn append(
     shard: &Rc<ShardContext>,
@@ -639,14 +818,37 @@ async fn read(
         Reply::Read(result, offsets) => (result, offsets),
         _ => return Err(Failure::unexpected_reply("Fetch").into()),
     };
+    let (records, next_offset) = fetched_records(result, target.limits.max_bytes);
     Ok(pb::FetchResponse {
         topic: topic.to_owned(),
         partition,
-        records: result.records.into_iter().map(fetched_record).collect(),
-        next_offset: result.next_offset,
+        records,
+        next_offset,
         log_start_offset: offsets.log_start,
         durable_offset: offsets.durable,
     })
+}
+
+/// The response's records and the offset to read next. The engine bounds a
+/// read by the records' stored size; this bounds it by their encoded size in
+/// the response, framing included, with the same rule: records are added
+/// while the total is below `max_bytes` (at least one), so the answer stays
+/// under `max_bytes` plus one record, which the configuration guarantees fits
+/// in a message (`Config::validate`).
+fn fetched_records(result: ReadResult, max_bytes: usize) -> (Vec<pb::FetchedRecord>, u64) {
+    let mut records = Vec::with_capacity(result.records.len());
+    let mut bytes = 0usize;
+    for record in result.records {
+        if !records.is_empty() && bytes >= max_bytes {
+            return (records, record.offset);
+        }
+        let fetched = fetched_record(record);
+        let len = prost::Message::encoded_len(&fetched);
+        // The field's tag (one byte: field 3) and length prefix.
+        bytes += 1 + prost::length_delimiter_len(len) + len;
+        records.push(fetched);
+    }
+    (records, result.next_offset)
 }
 
 fn fetched_record(record: StoredRecord) -> pb::FetchedRecord {
@@ -717,6 +919,7 @@ async fn subscribe(
     sink.send_headers(shardlog_wire::Metadata::new())?;
     loop {
         refuse_when_draining(&shard)?;
+        let polled_at = Instant::now();
         let response = match read(&shard, &target, offset, SUBSCRIBE_POLL_MS, None).await {
             // Over its fetch quota, a subscription is paced, not ended: no
             // read happens until the hinted time (nothing is buffered).
@@ -727,12 +930,24 @@ async fn subscribe(
             other => other?,
         };
         if response.records.is_empty() {
+            pace_empty_poll(polled_at).await;
             continue;
         }
         offset = response.next_offset;
         // Awaiting the send is the flow control: nothing more is read for
         // this subscriber until the client has taken the last message.
         sink.send(response).await?;
+    }
+}
+
+/// An empty answer normally ends a whole long poll; one that came back sooner
+/// (a read with nothing to wait for) must not turn the Subscribe loop into a
+/// spin that never yields the core: wait out the rest of the poll interval.
+async fn pace_empty_poll(polled_at: Instant) {
+    let poll = std::time::Duration::from_millis(SUBSCRIBE_POLL_MS);
+    let left = poll.saturating_sub(polled_at.elapsed());
+    if !left.is_zero() {
+        glommio::timer::sleep(left).await;
     }
 }
 
@@ -798,4 +1013,46 @@ fn validate_group(group: &str) -> Result<(), Status> {
             ),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(offset: u64, value_bytes: usize) -> StoredRecord {
+        StoredRecord {
+            offset,
+            key: None,
+            value: Bytes::from(vec![b'v'; value_bytes]),
+            timestamp_ms: 1,
+            headers: vec![Header {
+                key: Bytes::from_static(b"h"),
+                value: Bytes::from(vec![b'h'; value_bytes]),
+            }],
+        }
+    }
+
+    #[test]
+    fn fetched_records_stop_once_the_encoded_budget_is_reached_and_keep_one() {
+        let result = || ReadResult {
+            records: (10..13).map(|offset| stored(offset, 100)).collect(),
+            next_offset: 13,
+        };
+        // Each record encodes to a little over 200 bytes (value and header value).
+        let (records, next) = fetched_records(result(), 300);
+        assert_eq!(
+            (records.len(), next),
+            (2, 12),
+            "the second one crosses the budget"
+        );
+        let (records, next) = fetched_records(result(), 1);
+        assert_eq!((records.len(), next), (1, 11), "at least one");
+        let (records, next) = fetched_records(result(), 1 << 20);
+        assert_eq!((records.len(), next), (3, 13));
+        let answer = pb::FetchResponse {
+            records: fetched_records(result(), 300).0,
+            ..Default::default()
+        };
+        assert!(prost::Message::encoded_len(&answer) < 300 + 250);
+    }
 }

@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::groups::{CommittedOffset, GroupStore, group_owner};
 use crate::mesh::{Admission, Mesh};
 use crate::metrics::ShardMetrics;
-use crate::ops::{Failure, Op, PartitionState, Reply};
+use crate::ops::{Failure, Op, PartitionState, Reply, engine_error_code};
 use crate::security::quota::{QuotaKind, QuotaTicket};
 use crate::security::{SecurityPolicy, ShardSecurity};
 
@@ -166,6 +166,9 @@ impl ShardContext {
         deadline: Option<Instant>,
     ) -> Result<Reply, Failure> {
         if target == self.id {
+            if runs_to_completion(&op) {
+                return self.clone().run_detached(op, deadline).await;
+            }
             return self.clone().run(op, deadline).await;
         }
         let admission = if op.is_control_plane() {
@@ -191,6 +194,23 @@ impl ShardContext {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Runs `op` here as a detached task and awaits its reply: dropping the
+    /// returned future (the caller's deadline, RST_STREAM or disconnect) only
+    /// stops the wait, never the op, as for an op that came over the mesh.
+    async fn run_detached(
+        self: Rc<Self>,
+        op: Op,
+        deadline: Option<Instant>,
+    ) -> Result<Reply, Failure> {
+        let task = glommio::spawn_local(self.run(op, deadline)).detach();
+        task.await.unwrap_or_else(|| {
+            Err(Failure::new(
+                Code::UNAVAILABLE,
+                "the shard stopped before the operation finished",
+            ))
+        })
     }
 
     /// Executes an op on this shard, boxed so the mesh can spawn it.
@@ -346,10 +366,20 @@ impl ShardContext {
         if wait_ms > 0 && offset >= offsets.durable {
             let wait = target.wait_for_durable_beyond(offset);
             let timeout = glommio::timer::sleep(Duration::from_millis(wait_ms));
+            // A faulted or closed partition ends the wait with an error: nothing will become
+            // durable there, and answering "no records yet" would make a tailing reader
+            // retry at once, forever.
             futures_lite::future::or(wait, async {
                 timeout.await;
+                Ok(())
             })
-            .await;
+            .await
+            .map_err(|error| {
+                Failure::new(
+                    engine_error_code(&error),
+                    format!("waiting for records at offset {offset}: {error}"),
+                )
+            })?;
         }
         let result = target.read(offset, limits).await?;
         if let Some(ticket) = quota {
@@ -421,6 +451,7 @@ impl ShardContext {
                 ),
             ));
         }
+        validate_retention(&name, &retention)?;
         if self.catalog.borrow().topic(&name).is_some()
             || self.catalog_busy.borrow().contains(&name)
         {
@@ -545,6 +576,38 @@ impl ShardContext {
             .await
             .map(|_| ())
     }
+}
+
+/// A topic's own segment size must be 0 (the server default) or within the
+/// bounds the server's default is held to. Its retention values need none:
+/// 0 means the server default, and any other size or age is meaningful.
+fn validate_retention(name: &str, retention: &TopicRetention) -> Result<(), Failure> {
+    if retention.segment_bytes == 0 {
+        return Ok(());
+    }
+    crate::config::validate_segment_bytes(retention.segment_bytes).map_err(|reason| {
+        Failure::new(
+            Code::INVALID_ARGUMENT,
+            format!("topic {name:?}: retention.segment_bytes {reason} (or 0: the server default)"),
+        )
+    })
+}
+
+/// Ops that change the catalog or create or remove partitions: interrupted
+/// half-way they would leave the catalog file, the shards' catalogs and the
+/// partition directories disagreeing (a deleted catalog file with the topic
+/// still served, whose data the next startup then removes), so a local call
+/// runs them to completion whatever happens to its caller.
+fn runs_to_completion(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::CreateTopic { .. }
+            | Op::DeleteTopic { .. }
+            | Op::OpenPartitions { .. }
+            | Op::RemovePartitions { .. }
+            | Op::CatalogUpsert(_)
+            | Op::CatalogRemove(_)
+    )
 }
 
 fn partitions_by_shard(meta: &TopicMeta) -> BTreeMap<usize, Vec<u32>> {

@@ -75,6 +75,138 @@ fn topic_admin_lifecycle_and_errors() {
     assert!(server.data_dir().join("topics").join("orders.v1").is_dir());
 }
 
+/// A topic's own segment size is held to the bounds of the server's default (64 KiB to
+/// 4 GiB; 0 = the default): one byte rolled a segment per batch and kept every sealed one's
+/// file open until the process ran out of descriptors. Nothing is created for a refused one.
+#[test]
+fn create_topic_refuses_segment_sizes_out_of_bounds() {
+    let server = TestServer::start(2);
+    let addr = server.addr;
+    let topics_dir = server.data_dir().join("topics");
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        let create = |topic: &str, segment_bytes: u64| pb::CreateTopicRequest {
+            topic: topic.into(),
+            partition_count: 2,
+            retention: Some(pb::RetentionPolicy {
+                retention_bytes: 1,
+                retention_ms: 1,
+                segment_bytes,
+            }),
+        };
+        for (i, segment_bytes) in [1, (64 << 10) - 1, (4 << 30) + 1, u64::MAX]
+            .into_iter()
+            .enumerate()
+        {
+            let request = create(&format!("refused-{i}"), segment_bytes);
+            let result = log
+                .unary::<_, pb::CreateTopicResponse>("CreateTopic", &request)
+                .await;
+            let message = expect_code(result, Code::INVALID_ARGUMENT);
+            assert!(
+                message.contains("segment_bytes") && message.contains(&segment_bytes.to_string()),
+                "{message}"
+            );
+        }
+        for (topic, segment_bytes) in [("smallest", 64 << 10), ("largest", 4 << 30), ("default", 0)]
+        {
+            let created: pb::CreateTopicResponse = log
+                .unary("CreateTopic", &create(topic, segment_bytes))
+                .await
+                .expect("within bounds");
+            let retention = created.topic.expect("topic").retention.expect("retention");
+            assert_eq!(retention.segment_bytes, segment_bytes);
+        }
+        let listed: pb::ListTopicsResponse = log
+            .unary("ListTopics", &pb::ListTopicsRequest {})
+            .await
+            .expect("list");
+        assert_eq!(listed.topics, vec!["default", "largest", "smallest"]);
+    });
+    let mut dirs: Vec<String> = std::fs::read_dir(topics_dir)
+        .expect("topics dir")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    dirs.sort();
+    assert_eq!(dirs, vec!["default", "largest", "smallest"]);
+}
+
+/// A DeleteTopic whose caller gives up half-way (here: its deadline expires while the delete
+/// is under way) still runs to completion. Cut off after its catalog file was removed, it
+/// left the topic served (and taking produces) with no catalog file, so the next startup
+/// deleted acknowledged data. One shard, so the call always lands on the catalog shard.
+#[test]
+fn a_delete_topic_whose_caller_gives_up_still_completes() {
+    const ATTEMPTS: i32 = 48;
+    let server = TestServer::start(1);
+    let addr = server.addr;
+    let catalog_dir = server.data_dir().join("meta").join("topics");
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        let mut interrupted = 0;
+        for attempt in 0..ATTEMPTS {
+            let topic = format!("doomed-{attempt}");
+            log.create_topic(&topic, 1).await.expect("create");
+            log.produce(produce_to(&topic, 0, vec![record(b"x")]))
+                .await
+                .expect("produce");
+            // Deadlines from 100 us to about 70 ms: some expire while the delete runs.
+            let timeout_us = 100.0 * 1.15f64.powi(attempt);
+            let options =
+                CallOptions::default().with_timeout(Duration::from_micros(timeout_us as u64));
+            let request = pb::DeleteTopicRequest {
+                topic: topic.clone(),
+            };
+            let result = log
+                .channel
+                .unary::<_, pb::DeleteTopicResponse>(
+                    "/shardlog.v1.Log/DeleteTopic",
+                    &request,
+                    options,
+                )
+                .await;
+            let started = !catalog_dir.join(format!("{topic}.toml")).exists();
+            if result.is_ok() || !started {
+                continue;
+            }
+            interrupted += 1;
+            // Begun when its caller gave up: it finishes on its own (ABORTED while it runs),
+            // leaving nothing to delete and nothing to produce to.
+            let mut again = None;
+            for _ in 0..2_000 {
+                match log
+                    .unary::<_, pb::DeleteTopicResponse>("DeleteTopic", &request)
+                    .await
+                {
+                    Err(status) if status.code() == Code::ABORTED => {
+                        glommio::timer::sleep(Duration::from_millis(5)).await;
+                    }
+                    other => {
+                        again = Some(other);
+                        break;
+                    }
+                }
+            }
+            let again = again.expect("the interrupted delete finished");
+            expect_code(again, Code::NOT_FOUND);
+            expect_code(
+                log.produce(produce_to(&topic, 0, vec![record(b"y")])).await,
+                Code::NOT_FOUND,
+            );
+        }
+        assert!(
+            interrupted > 0,
+            "no deadline expired while a delete was under way"
+        );
+    });
+}
+
 #[test]
 fn produce_and_fetch_round_trip_byte_identical() {
     let server = TestServer::start(2);
@@ -371,6 +503,157 @@ fn append_stream_returns_a_summary() {
     });
 }
 
+/// Sends `requests` on one ProduceStream, half-closes, and collects every
+/// response until the stream ends; returns them with the final status (None: OK).
+async fn run_produce_stream(
+    log: &Log,
+    requests: &[pb::ProduceRequest],
+) -> (Vec<pb::ProduceResponse>, Option<shardlog_wire::Status>) {
+    let (mut sink, responses) = open_produce_stream(&log.channel)
+        .await
+        .expect("open stream");
+    for request in requests {
+        sink.send(request).await.expect("send");
+    }
+    sink.finish().expect("half-close");
+    let mut stream = match responses.response().await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return (Vec::new(), Some(status)),
+    };
+    let mut received = Vec::new();
+    loop {
+        match stream.message().await {
+            Ok(Some(response)) => received.push(response),
+            Ok(None) => return (received, None),
+            Err(status) => return (received, Some(status)),
+        }
+    }
+}
+
+fn values(records: &[pb::FetchedRecord]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.value).into_owned())
+        .collect()
+}
+
+/// A ProduceStream whose request is refused (unknown topic) after good ones: every good
+/// request's response arrives, in order, before the status, which names what was written;
+/// reading stopped at the refusal, so the requests after it were never written.
+#[test]
+fn produce_stream_delivers_every_started_response_before_a_refusal() {
+    let server = TestServer::start(2);
+    let addr = server.addr;
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        log.create_topic("ordered", 1).await.expect("create");
+        let good = |value: &str| produce_to("ordered", 0, vec![record(value.as_bytes())]);
+        let mut requests: Vec<_> = (0..5).map(|i| good(&format!("g{i}"))).collect();
+        requests.push(produce_to("missing", 0, vec![record(b"nowhere")]));
+        requests.extend([good("late0"), good("late1")]);
+        let (responses, status) = run_produce_stream(&log, &requests).await;
+        let offsets: Vec<u64> = responses.iter().map(|r| r.base_offset).collect();
+        assert_eq!(
+            offsets,
+            vec![0, 1, 2, 3, 4],
+            "every good response, in order"
+        );
+        let status = status.expect("the stream ends with the refusal");
+        assert_eq!(status.code(), Code::NOT_FOUND, "{status:?}");
+        let message = status.message();
+        assert!(
+            message.contains("request 5")
+                && message.contains("5 requests (5 records): ordered/0 offsets 0-4"),
+            "{message}"
+        );
+        let stored = log.fetch_all("ordered", 0, 0).await;
+        assert_eq!(values(&stored), vec!["g0", "g1", "g2", "g3", "g4"]);
+    });
+}
+
+/// A produce that fails on the partition's owner (a sequence gap) in the middle of a
+/// ProduceStream: the responses before it arrive in order, the stream ends with its
+/// FAILED_PRECONDITION, and the message says which later requests, already started, were
+/// written anyway: the read-back holds exactly those records.
+#[test]
+fn produce_stream_failing_on_the_owner_reports_what_was_written() {
+    let server = TestServer::start(2);
+    let addr = server.addr;
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        log.create_topic("gapped", 1).await.expect("create");
+        let idempotent = |sequence: u64, value: &str| pb::ProduceRequest {
+            producer_id: 9,
+            sequence: Some(sequence),
+            ..produce_to("gapped", 0, vec![record(value.as_bytes())])
+        };
+        let requests = [
+            idempotent(0, "a0"),
+            idempotent(1, "a1"),
+            idempotent(2, "a2"),
+            idempotent(10, "gap"),
+            idempotent(3, "a3"),
+            idempotent(4, "a4"),
+        ];
+        let (responses, status) = run_produce_stream(&log, &requests).await;
+        let offsets: Vec<u64> = responses.iter().map(|r| r.base_offset).collect();
+        assert_eq!(offsets, vec![0, 1, 2]);
+        let status = status.expect("the stream ends with the gap");
+        assert_eq!(status.code(), Code::FAILED_PRECONDITION, "{status:?}");
+        let message = status.message();
+        assert!(message.contains("request 3"), "{message}");
+        let written_after = match message.split_once("written too: ") {
+            Some((_, rest)) => rest
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<usize>().ok())
+                .expect("a request count"),
+            None => 0,
+        };
+        let stored = values(&log.fetch_all("gapped", 0, 0).await);
+        let expected = ["a0", "a1", "a2", "a3", "a4"];
+        assert_eq!(stored, expected[..3 + written_after], "{message}");
+    });
+}
+
+/// An Append whose request is refused after good ones ends with the refusal's status,
+/// and its message names the records written before it (an Append has no other answer).
+#[test]
+fn append_refused_midway_names_what_it_wrote() {
+    let server = TestServer::start(2);
+    let addr = server.addr;
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        log.create_topic("ingest", 1).await.expect("create");
+        let (mut sink, summary) = log
+            .channel
+            .client_streaming::<pb::ProduceRequest, pb::AppendSummary>(
+                "/shardlog.v1.Log/Append",
+                CallOptions::default(),
+            )
+            .await
+            .expect("open");
+        for i in 0..3 {
+            let value = format!("e{i}");
+            sink.send(&produce_to("ingest", 0, vec![record(value.as_bytes())]))
+                .await
+                .expect("send");
+        }
+        sink.send(&produce_to("ingest", 7, vec![record(b"no such partition")]))
+            .await
+            .expect("send");
+        sink.finish().expect("finish");
+        let message = expect_code(summary.response().await, Code::INVALID_ARGUMENT);
+        assert!(
+            message.contains("request 3")
+                && message.contains("3 requests (3 records): ingest/0 offsets 0-2"),
+            "{message}"
+        );
+        let stored = log.fetch_all("ingest", 0, 0).await;
+        assert_eq!(values(&stored), vec!["e0", "e1", "e2"]);
+    });
+}
+
 #[test]
 fn long_poll_fetch_and_subscribe_follow_new_records() {
     let server = TestServer::start(2);
@@ -443,6 +726,53 @@ fn long_poll_fetch_and_subscribe_follow_new_records() {
         };
         let response: pb::FetchResponse = log.unary("Fetch", &empty).await.expect("fetch");
         assert!(response.records.is_empty());
+    });
+}
+
+/// Topic and group names of the longest valid length (249 characters) work end to end and
+/// survive a restart. Their metadata files were written through `<name>.toml.tmp`, 258
+/// bytes: over the file system's 255, so 247-249-character names failed with INTERNAL.
+#[test]
+fn the_longest_topic_and_group_names_work_and_survive_restart() {
+    let mut server = TestServer::start(2);
+    let addr = server.addr;
+    let long_topic = "t".repeat(249);
+    let long_group = "g".repeat(249);
+    let commit = pb::CommitOffsetRequest {
+        group: long_group.clone(),
+        topic: long_topic.clone(),
+        partition: 1,
+        offset: 42,
+        metadata: "m".into(),
+    };
+    let get = pb::GetCommittedOffsetRequest {
+        group: long_group,
+        topic: long_topic.clone(),
+        partition: 1,
+    };
+    {
+        let (topic, commit, get) = (long_topic.clone(), commit.clone(), get.clone());
+        block_on(move || async move {
+            let log = Log::connect(addr).await;
+            log.create_topic(&topic, 2).await.expect("create");
+            log.produce(produce_to(&topic, 1, vec![record(b"long")]))
+                .await
+                .expect("produce");
+            let _: pb::CommitOffsetResponse =
+                log.unary("CommitOffset", &commit).await.expect("commit");
+            let got: pb::GetCommittedOffsetResponse =
+                log.unary("GetCommittedOffset", &get).await.expect("get");
+            assert_eq!(got.offset, Some(42));
+        });
+    }
+    server.restart();
+    let addr = server.addr;
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        assert_eq!(log.fetch_all(&long_topic, 1, 0).await.len(), 1);
+        let got: pb::GetCommittedOffsetResponse =
+            log.unary("GetCommittedOffset", &get).await.expect("get");
+        assert_eq!((got.offset, got.metadata.as_str()), (Some(42), "m"));
     });
 }
 

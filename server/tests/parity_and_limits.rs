@@ -525,7 +525,7 @@ fn produce_beyond_the_in_flight_request_bound_is_shed_not_buffered() {
 /// acknowledged records must be stored, and the budget must come back afterwards.
 fn burst_is_shed_not_buffered(limit: &str, produces: u32, value_bytes: usize) {
     let (_dir, config) = config_file(&format!(
-        "[limits]\nmessage_bytes_max = 1048576\nrecord_bytes_max = 524288\nfetch_bytes_max = 524288\n{limit}"
+        "[limits]\nmessage_bytes_max = 1048576\nrecord_bytes_max = 458752\nfetch_bytes_max = 458752\n{limit}"
     ));
     let server = TestServer::start_with(1, &["--config", &config]);
     let addr = server.addr;
@@ -642,6 +642,110 @@ fn retired_segments_are_recycled_and_kept_records_survive_a_crash() {
                 assert_eq!(record.value, value(next));
                 next += 1;
             }
+        }
+    });
+}
+
+/// A record with `count` headers of `value_bytes` each.
+fn record_with_headers(count: usize, value_bytes: usize) -> pb::Record {
+    pb::Record {
+        headers: (0..count)
+            .map(|i| pb::Header {
+                key: format!("h{i}"),
+                value: Bytes::from(vec![b'v'; value_bytes]),
+            })
+            .collect(),
+        ..common::record(b"with headers")
+    }
+}
+
+/// The batch format holds at most 1024 headers per record: one more is refused
+/// INVALID_ARGUMENT (naming the record and the limit) with nothing of the batch
+/// written, and a record at the limit is acknowledged and reads back, also
+/// after a restart (nothing acknowledged is unreadable or cut by recovery).
+#[test]
+fn a_record_over_the_header_limit_is_refused_and_one_at_it_reads_back() {
+    let mut server = TestServer::start(1);
+    let addr = server.addr;
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        log.create_topic("headers", 1).await.expect("create");
+        let over = vec![record_with_headers(1, 1), record_with_headers(1025, 1)];
+        let message = common::expect_code(
+            log.produce(produce_to("headers", 0, over)).await,
+            shardlog_wire::Code::INVALID_ARGUMENT,
+        );
+        assert!(
+            message.contains("record 1") && message.contains("1025") && message.contains("1024"),
+            "{message}"
+        );
+        log.produce(produce_to("headers", 0, vec![record_with_headers(1024, 1)]))
+            .await
+            .expect("a record at the limit");
+        log.produce(produce_to("headers", 0, vec![common::record(b"after")]))
+            .await
+            .expect("produce after");
+        let stored = log.fetch_all("headers", 0, 0).await;
+        assert_eq!(stored.len(), 2, "only the two acknowledged records");
+        assert_eq!(stored[0].headers.len(), 1024);
+    });
+    server.restart();
+    let addr = server.addr;
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        let stored = log.fetch_all("headers", 0, 0).await;
+        assert_eq!(stored.len(), 2, "recovery kept every acknowledged record");
+        assert_eq!(stored[0].headers.len(), 1024);
+        assert_eq!(&stored[1].value[..], b"after");
+    });
+}
+
+/// Fetch and Subscribe size their answers by what the records take in the response, headers
+/// and framing included. Counting only keys and values, a read starting in a small batch
+/// took all of the next, large one too (records made of headers look empty): an answer over
+/// the 4 MiB message limit, refused RESOURCE_EXHAUSTED on every try, so those offsets could
+/// never be read.
+#[test]
+fn records_made_of_headers_are_fetched_within_the_message_limit() {
+    let server = TestServer::start(1);
+    let addr = server.addr;
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        log.create_topic("heavy", 1).await.expect("create");
+        // 900 KiB of headers, then one batch of 4 x 950 KiB (3.7 MiB).
+        let first = vec![record_with_headers(9, 100 << 10)];
+        log.produce(produce_to("heavy", 0, first))
+            .await
+            .expect("small batch");
+        let second = (0..4).map(|_| record_with_headers(10, 95 << 10)).collect();
+        log.produce(produce_to("heavy", 0, second))
+            .await
+            .expect("large batch");
+
+        let stored = log.fetch_all("heavy", 0, 0).await;
+        let offsets: Vec<u64> = stored.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, vec![0, 1, 2, 3, 4]);
+        assert!(stored.iter().all(|r| r.headers.len() >= 9));
+
+        let request = pb::SubscribeRequest {
+            topic: "heavy".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: 0,
+        };
+        let mut stream = open_subscribe(&log.channel, &request)
+            .await
+            .expect("subscribe")
+            .into_inner();
+        let mut followed = 0;
+        while followed < 5 {
+            let response = stream.message().await.expect("within the limit");
+            let response = response.expect("the stream stays open");
+            assert!(
+                response.records.len() <= 2,
+                "1 MiB per answer, plus one record"
+            );
+            followed += response.records.len();
         }
     });
 }

@@ -1177,7 +1177,7 @@ fn soak_mixed_load_with_faults_loses_nothing_and_stays_flat() {
         "soak: seed {seed} (SHARDLOG_SOAK_SEED={seed} replays the fault schedule), load {load:?}"
     );
     let config = format!(
-        "[storage]\nsegment_bytes_max = {SEGMENT_BYTES_MAX}\n[limits]\nmessage_bytes_max = 1048576\nrecord_bytes_max = 524288\nfetch_bytes_max = 524288\nproduce_inflight_bytes_max = {INFLIGHT_BYTES_MAX}\n"
+        "[storage]\nsegment_bytes_max = {SEGMENT_BYTES_MAX}\n[limits]\nmessage_bytes_max = 1048576\nrecord_bytes_max = 458752\nfetch_bytes_max = 458752\nproduce_inflight_bytes_max = {INFLIGHT_BYTES_MAX}\n"
     );
     let config_dir = tempfile::tempdir().expect("temp dir");
     let config_path = config_dir.path().join("shardlog.toml");

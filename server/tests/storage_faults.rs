@@ -93,3 +93,107 @@ fn fdatasync_eio_faults_one_partition_and_loses_nothing_acknowledged() {
         assert_eq!(log.fetch_all("healthy", 0, 0).await.len(), 1);
     });
 }
+
+/// Produces single records to `topic`/0 until one fails; returns that failure.
+async fn produce_until_failure(log: &Log, topic: &str) -> shardlog_wire::Status {
+    for i in 0..200u32 {
+        let value = format!("r{i}").into_bytes();
+        if let Err(status) = log
+            .produce(produce_to(topic, 0, vec![record(&value)]))
+            .await
+        {
+            return status;
+        }
+    }
+    panic!("the injected EIO never surfaced");
+}
+
+/// A partition faulted by a failed fdatasync keeps its durable records readable, but no
+/// record will ever become durable there again: a Subscribe at its end (or a long-poll
+/// Fetch) ends at once with INTERNAL naming the fault, rather than answering "nothing yet"
+/// in a loop that never yields the core (which hung the whole shard).
+#[test]
+fn a_faulted_partition_ends_subscribe_and_long_poll_with_its_fault() {
+    use common::expect_code;
+    use shardlog_wire::client::CallOptions;
+    use shardlog_wire::proto::shardlog::v1 as pb;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let faulty = dir.path().join("faulty.toml");
+    std::fs::write(
+        &faulty,
+        "[testing]\nfdatasync_eio_path = \"topics/doomed/\"\nfdatasync_eio_nth = 12\n",
+    )
+    .expect("config");
+    let faulty = faulty.to_str().expect("utf8").to_owned();
+    // One shard: a spinning Subscribe would stall every call.
+    let server = TestServer::start_with(1, &["--config", &faulty]);
+    let addr = server.addr;
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        log.create_topic("doomed", 1).await.expect("create doomed");
+        log.create_topic("healthy", 1)
+            .await
+            .expect("create healthy");
+        let failure = produce_until_failure(&log, "doomed").await;
+        assert_eq!(failure.code(), Code::INTERNAL, "{failure:?}");
+        let durable = log.describe("doomed").await.expect("describe").partitions[0].durable_offset;
+        assert!(durable > 0, "some produces were acknowledged");
+
+        // From the start: every durable record, then the fault.
+        let options = CallOptions::default().with_timeout(Duration::from_secs(20));
+        let request = pb::SubscribeRequest {
+            topic: "doomed".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: 0,
+        };
+        let mut stream = log
+            .channel
+            .server_streaming::<_, pb::FetchResponse>(
+                "/shardlog.v1.Log/Subscribe",
+                &request,
+                options.clone(),
+            )
+            .await
+            .expect("subscribe")
+            .into_inner();
+        let mut received = 0u64;
+        let ended = loop {
+            match stream.message().await {
+                Ok(Some(response)) => received += response.records.len() as u64,
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(status) => break status,
+            }
+        };
+        assert_eq!(received, durable, "durable records stay readable");
+        assert_eq!(ended.code(), Code::INTERNAL, "{ended:?}");
+        assert!(
+            ended.message().contains("faulted") && ended.message().contains("doomed/0"),
+            "{ended:?}"
+        );
+
+        // A long poll at the durable end fails the same way instead of waiting it out.
+        let long_poll = pb::FetchRequest {
+            topic: "doomed".into(),
+            partition: 0,
+            offset: durable,
+            max_wait_ms: 60_000,
+            ..Default::default()
+        };
+        let fetched = log
+            .channel
+            .unary::<_, pb::FetchResponse>("/shardlog.v1.Log/Fetch", &long_poll, options)
+            .await
+            .map(|response| response.into_inner());
+        let message = expect_code(fetched, Code::INTERNAL);
+        assert!(message.contains("faulted"), "{message}");
+
+        // The shard still serves everything else.
+        log.produce(produce_to("healthy", 0, vec![record(b"ok")]))
+            .await
+            .expect("healthy produce");
+        assert_eq!(log.fetch_all("healthy", 0, 0).await.len(), 1);
+    });
+}

@@ -27,7 +27,10 @@ use std::time::{Duration, Instant};
 
 use crate::checkpoint::{CHECKPOINT_FILE, CHECKPOINT_TMP_FILE, Checkpoint};
 use crate::error::{EngineError, Result};
-use crate::format::{BATCH_BYTES_MAX, BATCH_RECORDS_MAX, batch_encoded_bytes, encode_batch_into};
+use crate::format::{
+    BATCH_BYTES_MAX, BATCH_RECORDS_MAX, RECORD_HEADERS_MAX, batch_encoded_bytes, encode_batch_into,
+    record_over_headers_max,
+};
 use crate::notify::Notify;
 use crate::producer::{ProducerBatch, ProducerTable, SequenceCheck};
 use crate::segment::{
@@ -336,6 +339,16 @@ impl<S: Storage> Partition<S> {
                 batch_bytes_max: BATCH_BYTES_MAX,
             });
         }
+        // Every limit the decoder enforces is checked here, so an acknowledged batch always
+        // reads back (and recovery never takes it for a torn tail).
+        if let Some((record_index, header_count)) = record_over_headers_max(&batch.records) {
+            return Err(EngineError::TooManyHeaders {
+                partition: self.id.clone(),
+                record_index,
+                header_count,
+                headers_max: RECORD_HEADERS_MAX,
+            });
+        }
         Ok(batch_bytes)
     }
 
@@ -529,14 +542,29 @@ impl<S: Storage> Partition<S> {
         }
     }
 
-    /// Resolves once the durable offset is past `offset`, or the partition faults or closes.
-    pub async fn wait_for_durable_beyond(&self, offset: u64) {
+    /// Resolves `Ok` once the durable offset is past `offset`. Fails when the partition faults
+    /// or closes first, since no record will become durable after that: with
+    /// [`EngineError::PartitionFaulted`] (naming the fault; durable records stay readable
+    /// unless the fault was corruption) or [`EngineError::Closed`]. A tailing reader must stop
+    /// on the error: retrying at once would spin.
+    pub async fn wait_for_durable_beyond(&self, offset: u64) -> Result<()> {
         loop {
             let wait = self.changed.wait();
             {
                 let st = self.state.borrow();
-                if st.durable_offset > offset || st.fault.is_some() || st.closed {
-                    return;
+                if st.durable_offset > offset {
+                    return Ok(());
+                }
+                if let Some(f) = &st.fault {
+                    return Err(EngineError::PartitionFaulted {
+                        partition: self.id.clone(),
+                        reason: f.reason.clone(),
+                    });
+                }
+                if st.closed {
+                    return Err(EngineError::Closed {
+                        partition: self.id.clone(),
+                    });
                 }
             }
             wait.await;

@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use super::Partition;
 use crate::error::{EngineError, Result};
-use crate::format::{BATCH_HEADER_BYTES, BatchView, decode_header};
+use crate::format::{BATCH_HEADER_BYTES, BatchView, decode_header, record_parts_encoded_bytes};
 use crate::storage::{IoBuffer, Storage, StorageFile};
 use crate::types::{BatchReadResult, ReadLimits, ReadResult, StoredRecord};
 
@@ -65,7 +65,9 @@ impl<S: Storage> Partition<S> {
                 if full && !result.records.is_empty() {
                     break 'outer;
                 }
-                bytes += r.value.len() + r.key.as_ref().map_or(0, |k| k.len());
+                // Headers and framing count too: a reader sizing an answer by this budget
+                // must not be surprised by records made mostly of headers.
+                bytes += record_parts_encoded_bytes(r.key.as_ref(), &r.value, &r.headers);
                 result.next_offset = r.offset + 1;
                 result.records.push(StoredRecord {
                     offset: r.offset,
