@@ -1268,3 +1268,54 @@ fn a_crash_during_retention_never_leaves_a_hole_in_the_log() {
         );
     });
 }
+
+/// A partition with room for background zero-fills (4 MiB segments, pre-zeroing on).
+fn prezero_config() -> PartitionConfig {
+    PartitionConfig {
+        segment_bytes_max: 4 << 20,
+        ..PartitionConfig::default()
+    }
+}
+
+#[test]
+fn a_failed_zero_fill_fdatasync_faults_the_partition_and_acks_nothing_after_it() {
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let p = s
+            .open_partition(pid(), prezero_config(), true)
+            .await
+            .unwrap();
+        // 130 KiB crosses the low-water mark: a background zero-fill starts beside the round,
+        // and its fdatasync is the next one. It fails after the round's write was issued, so
+        // that write may be lost; the round's own later fdatasync proves nothing.
+        sim.fail_fsync_in(1);
+        let acked = p.append(kib_batch("lost", 130), AckLevel::Durable).await;
+        p.wait_idle_for_tests().await;
+        assert_eq!(s.zero_fill_stats().started, 1, "the fill ran");
+        let fault = p.fault().expect("a failed fdatasync faults the partition");
+        assert!(fault.contains("fdatasync"), "{fault}");
+        assert!(
+            matches!(acked, Err(EngineError::PartitionFaulted { .. })),
+            "{acked:?}"
+        );
+        assert_eq!(
+            p.offsets().durable,
+            0,
+            "nothing published after the failure"
+        );
+        drop(p);
+        drop(s);
+        sim.crash();
+        let s = shard(&sim);
+        let p = s
+            .open_partition(pid(), prezero_config(), false)
+            .await
+            .unwrap();
+        assert_eq!(p.fault(), None);
+        let kept = read_all(&p, 0).await.len();
+        if acked.is_ok() {
+            assert_eq!(kept, 130, "an acknowledged batch was lost");
+        }
+    });
+}

@@ -98,6 +98,10 @@ struct State<F: StorageFile> {
     allocated_to: u64,
     /// Start of the zero-fill in flight, if any.
     zeroing: Option<u64>,
+    /// The zero-fill in flight has issued its fdatasync (see `confirm_no_failed_sync`).
+    zero_fill_syncing: bool,
+    /// Zero-fills ended so far (done or failed): tells a waiter that the fill it saw ended.
+    zero_fills_ended: u64,
     /// Bytes made durable by the last sync round.
     last_round_bytes: u64,
     /// A checkpoint is being written (they are serialized: one temp file name).
@@ -628,6 +632,7 @@ impl<S: Storage> Partition<S> {
                 (Some(w), None) => {
                     let issued = Instant::now();
                     fdatasync(&*file, &path).await?;
+                    self.confirm_no_failed_sync().await?;
                     self.publish(w, issued.elapsed());
                     // Let the appenders just released append again before the next round.
                     crate::notify::yield_once().await;
@@ -644,6 +649,7 @@ impl<S: Storage> Partition<S> {
                     )
                     .await;
                     synced?;
+                    self.confirm_no_failed_sync().await?;
                     self.publish(w, sync_time);
                     written = Some(next_written?);
                 }
@@ -706,6 +712,38 @@ impl<S: Storage> Partition<S> {
             write_time: started.elapsed(),
             writes: kept,
         })
+    }
+
+    /// Called after a round's fdatasync succeeded, before publishing it. That success proves
+    /// the round durable only if no other fdatasync of the file (a zero-fill's) failed: after
+    /// a failure the kernel may have dropped the dirty state of writes issued before it, and
+    /// of two concurrent fdatasyncs of one file only one may report the error. So this waits
+    /// for a zero-fill fdatasync in flight to end, then refuses if the partition faulted. (A
+    /// fill fdatasync issued after this round's returned cannot take its success back.)
+    async fn confirm_no_failed_sync(&self) -> Result<()> {
+        let fill_syncing = {
+            let st = self.state.borrow();
+            st.zero_fill_syncing.then_some(st.zero_fills_ended)
+        };
+        if let Some(ended_before) = fill_syncing {
+            self.wait_until(|st| st.zero_fills_ended > ended_before)
+                .await;
+        }
+        match &self.state.borrow().fault {
+            Some(f) => Err(self.faulted(f)),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until `done` holds for the state (re-checked whenever the partition notifies).
+    async fn wait_until(&self, done: impl Fn(&State<S::File>) -> bool) {
+        loop {
+            let wait = self.changed.wait();
+            if done(&self.state.borrow()) {
+                return;
+            }
+            wait.await;
+        }
     }
 
     /// Publishes a written and fdatasynced round: moves the durable point, wakes waiters.
@@ -892,6 +930,10 @@ impl<S: Storage> Partition<S> {
         });
     }
 
+    /// One background zero-fill step: write the zeros, fdatasync. A failed write is only a
+    /// lost head start (the zeros are no one's data). A failed fdatasync faults the partition:
+    /// it covers the rounds' writes to the same file too, whose dirty state the kernel may
+    /// have dropped, so no later fdatasync could prove them durable.
     async fn run_zero_fill(&self, fill: ZeroFill<S::File>) {
         let ZeroFill {
             file,
@@ -900,17 +942,28 @@ impl<S: Storage> Partition<S> {
             len,
             permit,
         } = fill;
-        let result = zero_fill(&*file, start, len).await;
+        let synced = match write_zeros(&*file, start, len).await {
+            Ok(()) => {
+                self.state.borrow_mut().zero_fill_syncing = true;
+                fdatasync(&*file, &path).await.map(|()| true)
+            }
+            Err(e) => {
+                tracing::warn!(partition = %self.id, path = ?path, error = %e, "zero-fill write failed");
+                Ok(false)
+            }
+        };
         drop(permit);
+        if let Err(e) = &synced {
+            // Before `zeroing` clears: a round waiting on this fill must see the fault.
+            self.set_fault(e.to_string(), false);
+        }
         {
             let mut st = self.state.borrow_mut();
             st.zeroing = None;
-            match result {
-                Ok(()) if Rc::ptr_eq(&st.active().file, &file) => st.allocated_to = start + len,
-                Ok(()) => {}
-                Err(e) => {
-                    tracing::warn!(partition = %self.id, path = ?path, error = %e, "zero-fill failed")
-                }
+            st.zero_fill_syncing = false;
+            st.zero_fills_ended += 1;
+            if matches!(synced, Ok(true)) && Rc::ptr_eq(&st.active().file, &file) {
+                st.allocated_to = start + len;
             }
         }
         self.changed.notify_all();
@@ -1271,19 +1324,19 @@ pub(crate) async fn prezero_new_segment<F: StorageFile>(
         return Ok(0);
     }
     let len = PREZERO_GAP_BYTES.min(align_up(config.segment_bytes_max));
-    zero_fill(file, 0, len)
+    write_zeros(file, 0, len)
         .await
         .map_err(|e| EngineError::io("prezero", path, e))?;
+    fdatasync(file, path).await?;
     Ok(len)
 }
 
-/// Writes `len` zero bytes at `pos` (one request) and fdatasyncs.
-async fn zero_fill<F: StorageFile>(file: &F, pos: u64, len: u64) -> io::Result<()> {
+/// Writes `len` zero bytes at `pos` (one request).
+async fn write_zeros<F: StorageFile>(file: &F, pos: u64, len: u64) -> io::Result<()> {
     assert!(len as usize <= IO_REQUEST_BYTES_MAX);
     let mut buf = file.alloc_buffer(len as usize);
     buf.as_bytes_mut().fill(0);
-    file.write_at(Rc::new(buf), pos).await?;
-    file.fdatasync().await
+    file.write_at(Rc::new(buf), pos).await
 }
 
 type WriteFuture<'a> = Pin<Box<dyn Future<Output = io::Result<()>> + 'a>>;

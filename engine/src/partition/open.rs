@@ -661,6 +661,8 @@ impl<S: Storage> Partition<S> {
             producers: r.producers,
             allocated_to: r.allocated_to,
             zeroing: None,
+            zero_fill_syncing: false,
+            zero_fills_ended: 0,
             last_round_bytes: 0,
             checkpoint_running: false,
             retiring: false,

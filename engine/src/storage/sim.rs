@@ -7,7 +7,9 @@
 //! rest left old, zeroed or garbage (bytes a write rewrites with identical content are never
 //! damaged, as on a sector-atomic device); and a random prefix of the directory operations issued
 //! since the last directory sync. Simplification: `sync_dir` makes every pending directory
-//! operation durable (not only that directory's).
+//! operation durable (not only that directory's). A failed fdatasync (`fail_fsync_in`) loses
+//! the writes pending on that file, as Linux may: a later successful fdatasync makes only
+//! writes issued after the failure durable.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -203,6 +205,20 @@ impl SimState {
     }
 }
 
+/// Applies a file operation completely (no tear).
+fn apply_whole_op(image: &mut Vec<u8>, op: &FileOp) {
+    match op {
+        FileOp::Truncate(len) => image.resize(*len as usize, 0),
+        FileOp::Write { pos, data } => {
+            let (start, end) = (*pos as usize, *pos as usize + data.len());
+            if image.len() < end {
+                image.resize(end, 0);
+            }
+            image[start..end].copy_from_slice(data);
+        }
+    }
+}
+
 fn apply_name_op(names: &mut BTreeMap<PathBuf, u64>, op: &NameOp) {
     match op {
         NameOp::Link(path, id) => {
@@ -271,7 +287,9 @@ impl SimStorage {
         self.state.borrow_mut().apply_crash();
     }
 
-    /// Makes the `n`-th fdatasync from now (1-based) fail with EIO.
+    /// Makes the `n`-th fdatasync from now (1-based) fail with EIO. The writes pending on that
+    /// file at that point are lost (reads still see them until a crash): no later fdatasync
+    /// makes them durable.
     pub fn fail_fsync_in(&self, n: u64) {
         let mut s = self.state.borrow_mut();
         s.fail_fsync_at = Some(s.fsyncs + n);
@@ -413,13 +431,21 @@ impl StorageFile for SimFileHandle {
         let mut s = self.state.borrow_mut();
         s.op()?;
         s.fsyncs += 1;
-        if s.fail_fsync_at.is_some_and(|at| s.fsyncs >= at) {
+        let failed = s.fail_fsync_at.is_some_and(|at| s.fsyncs >= at);
+        if failed {
             s.fail_fsync_at = None;
-            return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         let file = s.file(self.id)?;
-        file.durable = file.current.clone();
-        file.pending.clear();
+        let pending = std::mem::take(&mut file.pending);
+        if failed {
+            // Linux marks the pages of a failed writeback clean: no later fsync writes them
+            // again. The worst case is modelled: every write pending here is lost, though
+            // reads still see it (`current`) until a crash.
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        for op in &pending {
+            apply_whole_op(&mut file.durable, op);
+        }
         Ok(())
     }
 
@@ -575,5 +601,49 @@ impl Storage for SimStorage {
 
     fn random_u32(&self) -> io::Result<u32> {
         Ok(self.state.borrow_mut().next_u64() as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(byte: u8) -> Rc<SimBuffer> {
+        Rc::new(SimBuffer(vec![byte; 4096]))
+    }
+
+    #[test]
+    fn writes_pending_at_a_failed_fdatasync_never_become_durable() {
+        let sim = SimStorage::new(SimConfig::default());
+        let path = Path::new("/d/f");
+        futures_lite::future::block_on(async {
+            sim.create_dir_all(Path::new("/d")).await.unwrap();
+            let f = sim.open(path, OpenMode::CreateTruncate).await.unwrap();
+            sim.sync_dir(Path::new("/d")).await.unwrap();
+            f.write_at(page(1), 0).await.unwrap();
+            f.fdatasync().await.unwrap();
+            f.write_at(page(2), 4096).await.unwrap();
+            sim.fail_fsync_in(1);
+            assert!(f.fdatasync().await.is_err());
+            f.write_at(page(3), 8192).await.unwrap();
+            f.fdatasync().await.unwrap();
+        });
+        let seen = sim.file_contents(path).unwrap();
+        assert_eq!(
+            seen[4096], 2,
+            "reads still see the lost write before a crash"
+        );
+        sim.crash();
+        let kept = sim.file_contents(path).unwrap();
+        assert_eq!(kept.len(), 3 * 4096);
+        assert!(kept[..4096].iter().all(|b| *b == 1));
+        assert!(
+            kept[4096..8192].iter().all(|b| *b == 0),
+            "lost at the failed sync"
+        );
+        assert!(
+            kept[8192..].iter().all(|b| *b == 3),
+            "durable after the later sync"
+        );
     }
 }
