@@ -820,7 +820,12 @@ impl<S: Storage> Partition<S> {
 
     /// Cuts the pre-zeroed slack, fdatasyncs and writes the sealed segment's index file.
     async fn seal_active(&self) -> Result<()> {
-        self.wait_zeroing_clear(0).await;
+        // A zero-fill landing after the truncation would make the file longer than its index
+        // says. None starts meanwhile: fills start only from appends, which wait for the roll.
+        self.wait_until(|st| st.zeroing.is_none()).await;
+        if let Some(f) = &self.state.borrow().fault {
+            return Err(self.faulted(f)); // the fill's fdatasync failed
+        }
         let (file, path, image) = {
             let st = self.state.borrow();
             let a = st.active();
@@ -844,6 +849,7 @@ impl<S: Storage> Partition<S> {
             .await
             .map_err(|e| EngineError::io("write index", &index_path, e))?;
         let mut st = self.state.borrow_mut();
+        assert!(st.zeroing.is_none(), "a zero-fill started while sealing");
         st.active_mut().sealed = true;
         Ok(())
     }
@@ -894,8 +900,8 @@ impl<S: Storage> Partition<S> {
     /// zero-filled end asks, and only while the shard's [`ZeroFillBudget`] has a permit (else
     /// it asks again on its next append). Rounds that would overlap a fill in flight wait.
     fn maybe_prezero(&self, st: &mut State<S::File>) {
-        if !self.config.prezero_segments || st.zeroing.is_some() || st.closed || st.fault.is_some()
-        {
+        let busy = st.zeroing.is_some() || st.roll_wanted;
+        if !self.config.prezero_segments || busy || st.closed || st.fault.is_some() {
             return;
         }
         if st.last_round_bytes >= PREZERO_ROUND_BYTES_MAX {
@@ -976,18 +982,9 @@ impl<S: Storage> Partition<S> {
 
     /// Waits while a zero-fill in flight starts before `end_pos` (the round would overlap it).
     async fn wait_zeroing_clear(&self, end_pos: u64) {
-        loop {
-            let wait = self.changed.wait();
-            if self
-                .state
-                .borrow()
-                .zeroing
-                .is_none_or(|start| start >= align_up(end_pos))
-            {
-                return;
-            }
-            wait.await;
-        }
+        let end_pos = align_up(end_pos);
+        self.wait_until(|st| st.zeroing.is_none_or(|start| start >= end_pos))
+            .await;
     }
 
     /// Writes a checkpoint off the flusher (rounds go on meanwhile) unless one is being

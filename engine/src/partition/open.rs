@@ -186,14 +186,23 @@ impl<S: Storage> Ctx<'_, S> {
             .open(&path, OpenMode::ReadOnly)
             .await
             .map_err(self.io("open", &path))?;
-        let size = file.size().await.map_err(self.io("size", &path))?;
+        let mut size = file.size().await.map_err(self.io("size", &path))?;
         let index_path = self.dir.join(index_file_name(base));
-        let image = match read_whole_file(self.storage, &index_path).await {
+        let mut image = match read_whole_file(self.storage, &index_path).await {
             Ok(bytes) => {
-                IndexImage::decode(&bytes).filter(|i| i.base_offset == base && i.data_bytes == size)
+                IndexImage::decode(&bytes).filter(|i| i.base_offset == base && i.data_bytes <= size)
             }
             Err(_) => None,
         };
+        if let Some(data_bytes) = image.as_ref().map(|i| i.data_bytes)
+            && data_bytes < size
+        {
+            if self.trim_zero_slack(&file, &path, data_bytes, size).await? {
+                size = data_bytes;
+            } else {
+                image = None;
+            }
+        }
         let mut segment = new_segment(base, salt, path.clone(), Rc::new(file), 0);
         segment.sealed = true;
         segment.data_bytes = size;
@@ -240,6 +249,32 @@ impl<S: Storage> Ctx<'_, S> {
             }
         }
         Ok((segment, None))
+    }
+
+    /// A sealed segment longer than its valid index says: a zero-fill that landed after the
+    /// seal had truncated the file (possible before seals waited for fills). If everything
+    /// past the index's end is zeros, the index is right: the file is trimmed back (a failed
+    /// trim only leaves the zeros) and true is returned. Anything else there: false.
+    async fn trim_zero_slack(
+        &self,
+        file: &S::File,
+        path: &Path,
+        data_bytes: u64,
+        size: u64,
+    ) -> Result<bool> {
+        if !self.all_zero(file, path, data_bytes, size).await? {
+            return Ok(false);
+        }
+        tracing::warn!(partition = %self.id, path = ?path, data_bytes, size, "zeros past a sealed segment's end: trimmed");
+        let trimmed = async {
+            let f = self.storage.open(path, OpenMode::ReadWrite).await?;
+            f.truncate(data_bytes).await?;
+            f.fdatasync().await
+        };
+        if let Err(e) = trimmed.await {
+            tracing::warn!(partition = %self.id, path = ?path, error = %e, "cannot trim a sealed segment");
+        }
+        Ok(true)
     }
 
     /// Recovers the active segment from the checkpoint position (or its start).

@@ -82,6 +82,15 @@ struct SimState {
     fail_fsync_at: Option<u64>,
     capacity_bytes: Option<u64>,
     now_ms: i64,
+    slow_writes: Option<SlowWrites>,
+}
+
+/// A slow region of one file (see [`SimStorage::slow_writes_from`]).
+#[derive(Debug, Clone, Copy)]
+struct SlowWrites {
+    file_id: u64,
+    from_pos: u64,
+    yields: u32,
 }
 
 impl SimState {
@@ -259,6 +268,7 @@ impl SimStorage {
             fail_fsync_at: None,
             capacity_bytes: config.capacity_bytes,
             now_ms: config.start_ms,
+            slow_writes: None,
         };
         SimStorage {
             state: Rc::new(RefCell::new(state)),
@@ -293,6 +303,23 @@ impl SimStorage {
     pub fn fail_fsync_in(&self, n: u64) {
         let mut s = self.state.borrow_mut();
         s.fail_fsync_at = Some(s.fsyncs + n);
+    }
+
+    /// Makes every write to `path` that starts at or past byte `from_pos` wait `yields` extra
+    /// executor turns before it lands (a slow region of the device), so a test can order a
+    /// background write after later foreground work. One region at a time; `yields == 0`
+    /// removes it. Returns false if the file does not exist.
+    pub fn slow_writes_from(&self, path: &Path, from_pos: u64, yields: u32) -> bool {
+        let mut s = self.state.borrow_mut();
+        let Some(file_id) = s.names.get(path).copied() else {
+            return false;
+        };
+        s.slow_writes = (yields > 0).then_some(SlowWrites {
+            file_id,
+            from_pos,
+            yields,
+        });
+        true
     }
 
     /// Sets the file system's capacity in bytes (`None`: unlimited).
@@ -391,6 +418,12 @@ impl StorageFile for SimFileHandle {
 
     async fn write_at(&self, buf: Rc<SimBuffer>, pos: u64) -> io::Result<()> {
         crate::notify::yield_once().await;
+        let slow = self.state.borrow().slow_writes;
+        if let Some(slow) = slow.filter(|w| w.file_id == self.id && pos >= w.from_pos) {
+            for _ in 0..slow.yields {
+                crate::notify::yield_once().await;
+            }
+        }
         let mut s = self.state.borrow_mut();
         s.op()?;
         assert!(self.writable, "write to a read-only sim file");
