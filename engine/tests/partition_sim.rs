@@ -1398,3 +1398,198 @@ fn a_sealed_segment_with_zeros_past_its_index_is_accepted_and_trimmed() {
         assert!(p.fault().is_some());
     });
 }
+
+/// 1 MiB segments written without pre-zeroing: each round that passes the file's end grows it.
+fn growing_config() -> PartitionConfig {
+    PartitionConfig {
+        segment_bytes_max: 1 << 20,
+        prezero_segments: false,
+        ..small_config()
+    }
+}
+
+#[test]
+fn a_restart_on_a_full_disk_serves_reads_and_writes_resume_once_space_is_freed() {
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let p = s
+            .open_partition(pid(), growing_config(), true)
+            .await
+            .unwrap();
+        fill(&p, 5, 2, 1).await;
+        s.close().await.unwrap();
+        drop(p);
+        // The disk stays full across the restart: the checkpoint written at open fails.
+        sim.set_capacity_bytes(Some(0));
+        let s = shard(&sim);
+        let p = s
+            .open_partition(pid(), growing_config(), false)
+            .await
+            .expect("a full disk does not keep the partition from opening");
+        assert_eq!(p.fault(), None);
+        assert_eq!(read_all(&p, 0).await.len(), 10, "reads are served");
+        for attempt in 0..2 {
+            let err = p
+                .append(kib_batch("full", 5), AckLevel::Durable)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, EngineError::NoSpace { .. }),
+                "{attempt}: {err:?}"
+            );
+        }
+        assert_eq!(p.offsets().durable, 10);
+        assert_eq!(
+            read_all(&p, 0).await.len(),
+            10,
+            "nothing past the durable point"
+        );
+        // Space is back (retention or an operator freed some): the next append retries the
+        // stuck round and goes through. The stuck round holds the first refused batch (it was
+        // encoded before the disk was found full): like a cancelled append, its outcome was
+        // unknown, and it is written now. The second refused append encoded nothing.
+        sim.set_capacity_bytes(None);
+        let a = p
+            .append(batch("back", 2, 1), AckLevel::Durable)
+            .await
+            .unwrap();
+        assert_eq!(p.fault(), None);
+        assert_eq!(a.base_offset, 15);
+        let records = read_all(&p, 0).await;
+        assert_eq!(records.len(), 17);
+        assert_eq!(records[10].key, Some(Bytes::from("full-0")));
+        assert_eq!(records[16].value, Bytes::from("value-back-1"));
+        s.close().await.unwrap();
+        drop(p);
+        sim.crash();
+        let s = shard(&sim);
+        let p = s
+            .open_partition(pid(), growing_config(), false)
+            .await
+            .unwrap();
+        assert_eq!(read_all(&p, 0).await, records);
+    });
+}
+
+/// Caps the simulated disk at what its files hold now: writes that grow nothing still fit.
+fn fill_disk(sim: &SimStorage) {
+    let used: usize = sim
+        .file_names()
+        .iter()
+        .filter_map(|path| sim.file_contents(path))
+        .map(|bytes| bytes.len())
+        .sum();
+    sim.set_capacity_bytes(Some(used as u64));
+}
+
+#[test]
+fn a_roll_that_runs_out_of_space_is_retried_once_space_is_freed() {
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let p = s.open_partition(pid(), small_config(), true).await.unwrap();
+        fill(&p, 6, 2, 1).await;
+        let rolls = p.stats().segment_rolls;
+        fill_disk(&sim);
+        // Batches that fit go into the active segment's written pages; the one that rolls
+        // needs space (the sealed segment's index, the new segment's zero-filled start).
+        let mut appended = 12;
+        let err = loop {
+            match p.append(batch("r", 2, 1), AckLevel::Durable).await {
+                Ok(_) => appended += 2,
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(err, EngineError::NoSpace { .. }), "{err:?}");
+        assert_eq!(p.offsets().log_end, appended as u64, "nothing encoded");
+        assert!(matches!(
+            p.append(batch("r", 2, 1), AckLevel::Written).await,
+            Err(EngineError::NoSpace { .. })
+        ));
+        assert_eq!(p.stats().segment_rolls, rolls);
+        assert_eq!(read_all(&p, 0).await.len(), appended, "reads go on");
+        sim.set_capacity_bytes(None);
+        p.append(batch("after", 2, 1), AckLevel::Durable)
+            .await
+            .unwrap();
+        appended += 2;
+        assert_eq!(p.stats().segment_rolls, rolls + 1);
+        assert_eq!(p.fault(), None);
+        let records = read_all(&p, 0).await;
+        assert_eq!(records.len(), appended);
+        assert_eq!(records[appended - 1].value, Bytes::from("value-after-1"));
+        s.close().await.unwrap();
+        drop(p);
+        sim.crash();
+        let s = shard(&sim);
+        let p = s
+            .open_partition(pid(), small_config(), false)
+            .await
+            .unwrap();
+        assert_eq!(p.fault(), None);
+        assert_eq!(read_all(&p, 0).await, records);
+    });
+}
+
+#[test]
+fn a_torn_tail_on_a_full_disk_is_cut_by_truncation() {
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let p = s
+            .open_partition(pid(), growing_config(), true)
+            .await
+            .unwrap();
+        fill(&p, 5, 2, 1).await;
+        s.close().await.unwrap();
+        drop(p);
+        // A crashed round's garbage past the log's end, reaching past an unaligned end of
+        // file: zeroing the torn zone would grow the file, and the disk is full.
+        let data_bytes = read_segment_data_bytes(&sim);
+        let mut torn = sim.file_contents(&segment_path(0)).unwrap();
+        torn.truncate(data_bytes);
+        torn.resize(align_4k(data_bytes) + 100, 0xee);
+        assert!(sim.set_file_contents(&segment_path(0), torn));
+        sim.set_capacity_bytes(Some(0));
+        let s = shard(&sim);
+        let p = s
+            .open_partition(pid(), growing_config(), false)
+            .await
+            .expect("a full disk does not keep the partition from opening");
+        assert_eq!(p.fault(), None);
+        assert_eq!(read_all(&p, 0).await.len(), 10);
+        let cut = sim.file_contents(&segment_path(0)).unwrap();
+        assert_eq!(cut.len(), data_bytes, "cut at the end of the log");
+        sim.set_capacity_bytes(None);
+        p.append(batch("after", 2, 1), AckLevel::Durable)
+            .await
+            .unwrap();
+        drop(p);
+        drop(s);
+        sim.crash();
+        let s = shard(&sim);
+        let p = s
+            .open_partition(pid(), growing_config(), false)
+            .await
+            .unwrap();
+        assert_eq!(p.fault(), None);
+        let records = read_all(&p, 0).await;
+        assert_eq!(records.len(), 12);
+        assert_eq!(records[11].value, Bytes::from("value-after-1"));
+    });
+}
+
+/// Bytes of batches at the start of the only segment (where the zero padding begins).
+fn read_segment_data_bytes(sim: &SimStorage) -> usize {
+    let bytes = Bytes::from(sim.file_contents(&segment_path(0)).unwrap());
+    let mut pos = 0;
+    while let Ok(view) = BatchView::parse(&bytes.slice(pos..)) {
+        pos += view.bytes().len();
+    }
+    pos
+}
+
+fn align_4k(n: usize) -> usize {
+    n.div_ceil(4096) * 4096
+}

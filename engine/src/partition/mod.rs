@@ -75,8 +75,24 @@ struct Fault {
     reason: String,
     /// Reads are refused too (detected corruption); otherwise durable data stays readable.
     reads_refused: bool,
-    /// The failure was ENOSPC: appends report [`EngineError::NoSpace`].
-    no_space: Option<(&'static str, PathBuf)>,
+}
+
+/// The flusher's last job failed for lack of space: the operation and its file. Unlike a
+/// [`Fault`] this passes: a failed write (never a failed fdatasync) loses nothing, so the
+/// job is tried again, with the same buffers, when the next append or sync asks.
+#[derive(Debug, Clone)]
+struct OutOfSpace {
+    op: &'static str,
+    path: PathBuf,
+}
+
+impl OutOfSpace {
+    fn error(&self) -> EngineError {
+        EngineError::NoSpace {
+            op: self.op,
+            path: self.path.clone(),
+        }
+    }
 }
 
 struct State<F: StorageFile> {
@@ -91,6 +107,13 @@ struct State<F: StorageFile> {
     flusher_running: bool,
     roll_wanted: bool,
     fault: Option<Fault>,
+    /// Set while the flusher's last job failed for lack of space (cleared when one succeeds).
+    out_of_space: Option<OutOfSpace>,
+    /// Flusher jobs failed for lack of space so far: an append or sync fails with NoSpace only
+    /// for a failure that happened while it waited, so each new one asks for another attempt.
+    out_of_space_failures: u64,
+    /// A round whose writes failed for lack of space; the next round attempt writes it again.
+    unwritten_round: Option<WantedRound<F::Buffer>>,
     closed: bool,
     producers: ProducerTable,
     /// The active segment's blocks are written (zero-filled, or a recycled file's earlier
@@ -238,33 +261,22 @@ impl<S: Storage> Partition<S> {
     }
 
     fn faulted(&self, f: &Fault) -> EngineError {
-        match &f.no_space {
-            Some((op, path)) => EngineError::NoSpace {
-                op,
-                path: path.clone(),
-            },
-            None => EngineError::PartitionFaulted {
-                partition: self.id.clone(),
-                reason: f.reason.clone(),
-            },
+        EngineError::PartitionFaulted {
+            partition: self.id.clone(),
+            reason: f.reason.clone(),
         }
     }
 
     /// Stops all further writes (and reads when `reads_refused`); fails every waiting ack.
     fn set_fault(&self, reason: String, reads_refused: bool) {
-        self.set_fault_with(Fault {
-            reason,
-            reads_refused,
-            no_space: None,
-        });
-    }
-
-    fn set_fault_with(&self, fault: Fault) {
         {
             let mut st = self.state.borrow_mut();
             if st.fault.is_none() {
-                tracing::error!(partition = %self.id, reason = %fault.reason, "partition faulted");
-                st.fault = Some(fault);
+                tracing::error!(partition = %self.id, %reason, "partition faulted");
+                st.fault = Some(Fault {
+                    reason,
+                    reads_refused,
+                });
             }
         }
         self.changed.notify_all();
@@ -276,18 +288,19 @@ impl<S: Storage> Partition<S> {
     /// Cost: one encode into the write buffer; for `Durable`, one share of a group fdatasync.
     pub async fn append(&self, batch: AppendBatch, ack: AckLevel) -> Result<Appended> {
         let batch_bytes = self.validate(&batch)?;
+        let space_failures_seen = self.state.borrow().out_of_space_failures;
         let mut ticket: Option<AppendTicket<'_, S>> = None;
         loop {
             let wait = self.changed.wait();
             if self.my_turn(&mut ticket) {
-                let attempt = self.try_append(&batch, batch_bytes);
+                let attempt = self.try_append(&batch, batch_bytes, space_failures_seen);
                 self.kick();
                 match attempt {
                     Ok(Attempt::Done(appended)) => {
                         drop(ticket);
                         if ack == AckLevel::Durable {
                             let end = appended.base_offset + u64::from(appended.record_count);
-                            self.wait_durable(end).await?;
+                            self.wait_durable(end, space_failures_seen).await?;
                         }
                         return Ok(appended);
                     }
@@ -344,7 +357,12 @@ impl<S: Storage> Partition<S> {
     }
 
     /// Everything up to the encode, with no await: offsets follow call order.
-    fn try_append(&self, batch: &AppendBatch, batch_bytes: usize) -> Result<Attempt> {
+    fn try_append(
+        &self,
+        batch: &AppendBatch,
+        batch_bytes: usize,
+        space_failures_seen: u64,
+    ) -> Result<Attempt> {
         let mut st = self.state.borrow_mut();
         if st.closed {
             return Err(EngineError::Closed {
@@ -353,6 +371,9 @@ impl<S: Storage> Partition<S> {
         }
         if let Some(f) = &st.fault {
             return Err(self.faulted(f));
+        }
+        if st.out_of_space.is_some() {
+            return self.retry_for_space(&mut st, space_failures_seen);
         }
         let record_count = batch.records.len() as u32;
         if let Some(p) = batch.producer {
@@ -410,6 +431,20 @@ impl<S: Storage> Partition<S> {
         let end = appended.base_offset + u64::from(record_count);
         self.request_sync(&mut st, end);
         Ok(Attempt::Done(appended))
+    }
+
+    /// An append arriving while the flusher's last job failed for lack of space encodes
+    /// nothing: it asks for one more attempt and waits for it, and fails with NoSpace once an
+    /// attempt fails after it arrived. So each append costs at most one attempt, and appends
+    /// resume by themselves once space is freed.
+    fn retry_for_space(&self, st: &mut State<S::File>, failures_seen: u64) -> Result<Attempt> {
+        if st.out_of_space_failures > failures_seen
+            && let Some(full) = &st.out_of_space
+        {
+            return Err(full.error());
+        }
+        self.ensure_flusher(st);
+        Ok(Attempt::Wait)
     }
 
     fn roll_due(&self, st: &State<S::File>, batch_bytes: usize) -> bool {
@@ -511,8 +546,9 @@ impl<S: Storage> Partition<S> {
         }
     }
 
-    /// Waits until `offset` is durable; fails if the partition faults or closes first.
-    async fn wait_durable(&self, offset: u64) -> Result<()> {
+    /// Waits until `offset` is durable; fails if the partition faults or closes first, or if
+    /// a flusher job fails for lack of space after `space_failures_seen` failures.
+    async fn wait_durable(&self, offset: u64, space_failures_seen: u64) -> Result<()> {
         loop {
             let wait = self.changed.wait();
             {
@@ -522,6 +558,11 @@ impl<S: Storage> Partition<S> {
                 }
                 if let Some(f) = &st.fault {
                     return Err(self.faulted(f));
+                }
+                if st.out_of_space_failures > space_failures_seen
+                    && let Some(full) = &st.out_of_space
+                {
+                    return Err(full.error());
                 }
                 if st.closed && !st.flusher_running {
                     return Err(EngineError::Closed {
@@ -549,66 +590,86 @@ impl<S: Storage> Partition<S> {
 
     /// Makes everything appended so far durable; returns the durable offset.
     pub async fn sync(&self) -> Result<u64> {
-        let end = {
+        let (end, space_failures_seen) = {
             let mut st = self.state.borrow_mut();
             if let Some(f) = &st.fault {
                 return Err(self.faulted(f));
             }
             let end = st.log_end;
             self.request_sync(&mut st, end);
-            end
+            (end, st.out_of_space_failures)
         };
         self.kick();
-        self.wait_durable(end).await?;
+        self.wait_durable(end, space_failures_seen).await?;
         Ok(self.state.borrow().durable_offset)
     }
 
     // ---- the flusher -------------------------------------------------------------------
 
     async fn flusher(self: Rc<Self>) {
-        loop {
-            let job = {
-                let mut st = self.state.borrow_mut();
-                let job = if st.fault.is_some() {
-                    None
-                } else if st.roll_wanted {
-                    Some(Job::Roll)
-                } else if st.sync_wanted > st.durable_offset {
-                    Some(Job::Sync)
-                } else if st.durable_bytes_since_checkpoint >= self.config.checkpoint_interval_bytes
-                    && !st.checkpoint_running
-                {
-                    Some(Job::Checkpoint)
-                } else {
-                    None
-                };
-                if job.is_none() {
-                    st.flusher_running = false;
-                }
-                job
-            };
+        while let Some(job) = self.next_job() {
             let result = match job {
-                None => break,
-                Some(Job::Sync) => self.sync_rounds().await,
-                Some(Job::Roll) => self.roll().await,
-                Some(Job::Checkpoint) => {
+                Job::Sync => self.sync_rounds().await,
+                Job::Roll => self.roll().await,
+                Job::Checkpoint => {
                     self.checkpoint_in_background();
                     Ok(())
                 }
             };
-            if let Err(e) = result {
-                let no_space = match &e {
-                    EngineError::NoSpace { op, path } => Some((*op, path.clone())),
-                    _ => None,
-                };
-                self.set_fault_with(Fault {
-                    reason: e.to_string(),
-                    reads_refused: false,
-                    no_space,
-                });
+            match result {
+                Ok(()) => self.space_is_back(),
+                Err(EngineError::NoSpace { op, path }) => {
+                    self.stop_out_of_space(OutOfSpace { op, path });
+                    break;
+                }
+                Err(e) => self.set_fault(e.to_string(), false),
             }
         }
         self.changed.notify_all();
+    }
+
+    /// The flusher's next job; `None` (and the flusher is no longer running) when there is
+    /// nothing to do, which also means nothing is stuck for lack of space.
+    fn next_job(&self) -> Option<Job> {
+        let mut st = self.state.borrow_mut();
+        let checkpoint_due = st.durable_bytes_since_checkpoint
+            >= self.config.checkpoint_interval_bytes
+            && !st.checkpoint_running;
+        let job = if st.fault.is_some() {
+            None
+        } else if st.roll_wanted {
+            Some(Job::Roll)
+        } else if st.sync_wanted > st.durable_offset {
+            Some(Job::Sync)
+        } else if checkpoint_due {
+            Some(Job::Checkpoint)
+        } else {
+            None
+        };
+        if job.is_none() {
+            st.flusher_running = false;
+            st.out_of_space = None;
+        }
+        job
+    }
+
+    /// A flusher job succeeded: whatever waited for space may go on.
+    fn space_is_back(&self) {
+        let was_full = self.state.borrow_mut().out_of_space.take().is_some();
+        if was_full {
+            tracing::info!(partition = %self.id, "space is back: writes resume");
+            self.changed.notify_all();
+        }
+    }
+
+    /// Ends the flusher after a job failed for lack of space: the job stays wanted (a roll,
+    /// or a round kept in `unwritten_round`) and is tried again when an append or sync asks.
+    fn stop_out_of_space(&self, full: OutOfSpace) {
+        tracing::warn!(partition = %self.id, op = full.op, path = ?full.path, "out of space: writes wait for room");
+        let mut st = self.state.borrow_mut();
+        st.out_of_space = Some(full);
+        st.out_of_space_failures += 1;
+        st.flusher_running = false;
     }
 
     /// Runs sync rounds while anyone wants more data durable, pipelined: round k+1's writes
@@ -663,6 +724,13 @@ impl<S: Storage> Partition<S> {
         written: Option<&Written<<S::File as StorageFile>::Buffer>>,
     ) -> Option<WantedRound<<S::File as StorageFile>::Buffer>> {
         let mut st = self.state.borrow_mut();
+        if let Some(unwritten) = st.unwritten_round.take() {
+            assert!(
+                written.is_none(),
+                "a round failed while another was in flight"
+            );
+            return Some(unwritten);
+        }
         let (covered_pos, covered_offset) = written
             .map_or((st.durable_pos, st.durable_offset), |w| {
                 (w.end_pos, w.end_offset)
@@ -701,9 +769,22 @@ impl<S: Storage> Partition<S> {
         let started = Instant::now();
         let Round { writes, end_pos } = round;
         let kept = writes.clone();
-        write_all(file, writes)
-            .await
-            .map_err(|e| EngineError::io("write", path, e))?;
+        if let Err(e) = write_all(file, writes).await {
+            let e = EngineError::io("write", path, e);
+            if matches!(e, EngineError::NoSpace { .. }) {
+                // A failed write loses nothing: the next attempt writes the same buffers.
+                self.state.borrow_mut().unwritten_round = Some(WantedRound {
+                    round: Round {
+                        writes: kept,
+                        end_pos,
+                    },
+                    end_offset,
+                    first_append,
+                });
+            }
+            return Err(e);
+        }
+        self.space_is_back();
         Ok(Written {
             end_pos,
             end_offset,
@@ -838,9 +919,7 @@ impl<S: Storage> Partition<S> {
         file.truncate(image.data_bytes)
             .await
             .map_err(|e| EngineError::io("truncate", &path, e))?;
-        file.fdatasync()
-            .await
-            .map_err(|e| EngineError::io("fdatasync", &path, e))?;
+        fdatasync(&*file, &path).await?;
         let index_path = self.dir.join(index_file_name(image.base_offset));
         let index_file = self
             .open_file(&index_path, OpenMode::CreateTruncate)
@@ -900,7 +979,8 @@ impl<S: Storage> Partition<S> {
     /// zero-filled end asks, and only while the shard's [`ZeroFillBudget`] has a permit (else
     /// it asks again on its next append). Rounds that would overlap a fill in flight wait.
     fn maybe_prezero(&self, st: &mut State<S::File>) {
-        let busy = st.zeroing.is_some() || st.roll_wanted;
+        // A fill during a full disk would only fail (and take blocks a round needs).
+        let busy = st.zeroing.is_some() || st.roll_wanted || st.out_of_space.is_some();
         if !self.config.prezero_segments || busy || st.closed || st.fault.is_some() {
             return;
         }
@@ -1002,8 +1082,14 @@ impl<S: Storage> Partition<S> {
             let written = me.checkpoint_body().await;
             me.state.borrow_mut().checkpoint_running = false;
             me.changed.notify_all();
-            if let Err(e) = written {
-                me.set_fault(e.to_string(), false);
+            match written {
+                Ok(()) => {}
+                // Recovery is correct without it (it scans from the previous one); a later
+                // checkpoint tries again.
+                Err(EngineError::NoSpace { .. }) => {
+                    tracing::warn!(partition = %me.id, "no space for a checkpoint");
+                }
+                Err(e) => me.set_fault(e.to_string(), false),
             }
         });
     }
@@ -1075,11 +1161,17 @@ impl<S: Storage> Partition<S> {
             .map_err(|e| EngineError::io("open", path, e))
     }
 
+    /// A directory fsync. Like [`fdatasync`], its errors are never `NoSpace`: after a failed
+    /// one the directory's state is unknown, so it is never retried.
     async fn sync_dir(&self) -> Result<()> {
         self.storage
             .sync_dir(&self.dir)
             .await
-            .map_err(|e| EngineError::io("fsync dir", &self.dir, e))
+            .map_err(|source| EngineError::Io {
+                op: "fsync dir",
+                path: self.dir.clone(),
+                source,
+            })
     }
 
     // ---- retention, close, remove ------------------------------------------------------
@@ -1275,11 +1367,14 @@ struct Written<B> {
     writes: Vec<(u64, Rc<B>)>,
 }
 
-/// fdatasync, never retried: after a failure the kernel may have dropped the dirty pages.
+/// fdatasync, never retried: after a failure the kernel may have dropped the dirty pages. So
+/// its errors are never [`EngineError::NoSpace`] (which the flusher retries), even for ENOSPC.
 async fn fdatasync<F: StorageFile>(file: &F, path: &Path) -> Result<()> {
-    file.fdatasync()
-        .await
-        .map_err(|e| EngineError::io("fdatasync", path, e))
+    file.fdatasync().await.map_err(|source| EngineError::Io {
+        op: "fdatasync",
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 enum Job {

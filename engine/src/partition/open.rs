@@ -159,7 +159,6 @@ impl<S: Storage> Ctx<'_, S> {
         Fault {
             reason: e.to_string(),
             reads_refused: true,
-            no_space: None,
         }
     }
 
@@ -351,16 +350,19 @@ impl<S: Storage> Ctx<'_, S> {
 
     /// Zero-fills what a crashed round may have left past the end of the log (so no batch it
     /// wrote can ever be mistaken for a later append), keeping the bytes before it. Returns
-    /// the bytes of the partial last page. In a salted segment only a batch of this segment
-    /// there needs cutting: the earlier life's bytes past the end stay as they are, so a
-    /// clean restart writes nothing.
+    /// the bytes of the partial last page and the file's size after the cut. In a salted
+    /// segment only a batch of this segment there needs cutting: the earlier life's bytes
+    /// past the end stay as they are, so a clean restart writes nothing. When zeroing the
+    /// zone would need space the disk lacks (it reaches past an unaligned end of file), the
+    /// file is truncated at the end of the log instead: that needs none, and only gives up
+    /// blocks written ahead of the writer.
     async fn cut_tail(
         &self,
         (file, salt): (&S::File, u32),
         path: &Path,
         (end_pos, end_offset): (u64, u64),
         file_bytes: u64,
-    ) -> Result<Vec<u8>> {
+    ) -> Result<(Vec<u8>, u64)> {
         let page_pos = align_down(end_pos);
         let page = file
             .read_at(page_pos, (end_pos - page_pos) as usize)
@@ -381,8 +383,37 @@ impl<S: Storage> Ctx<'_, S> {
                 .await?
         };
         if clean {
-            return Ok(page.to_vec());
+            return Ok((page.to_vec(), file_bytes));
         }
+        let file_bytes = match self
+            .zero_torn_zone(file, path, &page, end_pos, zone_end)
+            .await
+        {
+            Ok(()) => file_bytes,
+            Err(EngineError::NoSpace { .. }) => {
+                tracing::warn!(partition = %self.id, path = ?path, end_pos, "no space to zero the torn tail: truncated there");
+                file.truncate(end_pos)
+                    .await
+                    .map_err(self.io("truncate", path))?;
+                end_pos
+            }
+            Err(e) => return Err(e),
+        };
+        file.fdatasync().await.map_err(self.io("fdatasync", path))?;
+        Ok((page.to_vec(), file_bytes))
+    }
+
+    /// Writes zeros from the page holding `end_pos` up to `zone_end`, keeping that page's
+    /// bytes before `end_pos` (`page`).
+    async fn zero_torn_zone(
+        &self,
+        file: &S::File,
+        path: &Path,
+        page: &[u8],
+        end_pos: u64,
+        zone_end: u64,
+    ) -> Result<()> {
+        let page_pos = align_down(end_pos);
         let mut pos = page_pos;
         while pos < zone_end {
             let n = (zone_end - pos).min(IO_REQUEST_BYTES_MAX as u64) as usize;
@@ -390,15 +421,14 @@ impl<S: Storage> Ctx<'_, S> {
             let bytes = buf.as_bytes_mut();
             bytes.fill(0);
             if pos == page_pos {
-                bytes[..page.len()].copy_from_slice(&page);
+                bytes[..page.len()].copy_from_slice(page);
             }
             file.write_at(Rc::new(buf), pos)
                 .await
                 .map_err(self.io("write", path))?;
             pos += n as u64;
         }
-        file.fdatasync().await.map_err(self.io("fdatasync", path))?;
-        Ok(page.to_vec())
+        Ok(())
     }
 
     /// Whether synced data of this segment lies past the torn zone that follows the scan's
@@ -511,7 +541,7 @@ impl<S: Storage> Ctx<'_, S> {
             return self.faulted(segments, producers, fault);
         }
         producers.retain_below(segments.back().map_or(0, |s| s.next_offset));
-        let last_page = self.cut_tail((&file, salt), &path, end, file_bytes).await?;
+        let (last_page, file_bytes) = self.cut_tail((&file, salt), &path, end, file_bytes).await?;
         Ok(Recovered {
             segments,
             producers,
@@ -536,7 +566,6 @@ impl<S: Storage> Ctx<'_, S> {
             }
             .to_string(),
             reads_refused: true,
-            no_space: None,
         })
     }
 
@@ -662,8 +691,10 @@ impl<S: Storage> Partition<S> {
         };
         let healthy = recovered.fault.is_none();
         let partition = Self::assemble(id, dir, config, storage, zero_fill, rounds, recovered);
-        if healthy {
-            partition.write_checkpoint().await?;
+        if healthy && let Err(e) = partition.write_checkpoint().await {
+            // Recovery is correct without it (the next one scans from the previous one), and
+            // failing the open here would keep a full disk full: retention never runs.
+            tracing::warn!(partition = %partition.id, error = %e, "no checkpoint after recovery");
         }
         Ok(partition)
     }
@@ -692,6 +723,9 @@ impl<S: Storage> Partition<S> {
             flusher_running: false,
             roll_wanted: false,
             fault: r.fault,
+            out_of_space: None,
+            out_of_space_failures: 0,
+            unwritten_round: None,
             closed: false,
             producers: r.producers,
             allocated_to: r.allocated_to,
