@@ -1593,3 +1593,94 @@ fn read_segment_data_bytes(sim: &SimStorage) -> usize {
 fn align_4k(n: usize) -> usize {
     n.div_ceil(4096) * 4096
 }
+
+#[test]
+fn what_recovery_reads_after_a_process_crash_is_made_durable_before_it_is_served() {
+    run(|| async {
+        for seed in 0..16 {
+            let sim = SimStorage::new(SimConfig {
+                seed,
+                ..SimConfig::default()
+            });
+            let s = shard(&sim);
+            let p = s.open_partition(pid(), small_config(), true).await.unwrap();
+            fill(&p, 3, 2, 1).await;
+            p.wait_idle_for_tests().await;
+            // The process dies after the next round's write, before its fdatasync.
+            sim.crash_at_op(sim.op_count() + 2);
+            p.append(batch("unsynced", 2, 1), AckLevel::Written)
+                .await
+                .unwrap();
+            p.wait_idle_for_tests().await;
+            assert!(sim.has_crashed() && p.offsets().durable == 6);
+            drop(p);
+            drop(s);
+            // The next process reads the unsynced batch back (the kernel kept it) and serves
+            // it as durable; then the power fails.
+            sim.restart_process();
+            let s = shard(&sim);
+            let p = s
+                .open_partition(pid(), small_config(), false)
+                .await
+                .unwrap();
+            let served = read_all(&p, 0).await;
+            assert_eq!(served.len(), 8, "seed {seed}");
+            drop(p);
+            drop(s);
+            sim.crash();
+            let s = shard(&sim);
+            let p = s
+                .open_partition(pid(), small_config(), false)
+                .await
+                .unwrap();
+            assert_eq!(p.fault(), None, "seed {seed}");
+            assert_eq!(p.offsets().log_end, 8, "seed {seed}: served records lost");
+            assert_eq!(read_all(&p, 0).await, served, "seed {seed}");
+        }
+    });
+}
+
+#[test]
+fn segment_names_a_crashed_process_never_synced_are_made_durable_by_recovery() {
+    run(|| async {
+        let mut acked_runs = 0;
+        for seed in 0..8 {
+            for crash_after in 1..16 {
+                let sim = SimStorage::new(SimConfig {
+                    seed,
+                    ..SimConfig::default()
+                });
+                // The process dies while creating the partition: maybe after the segment file
+                // was created and zero-filled, before the directory was synced.
+                sim.crash_at_op(sim.op_count() + crash_after);
+                let s = shard(&sim);
+                let _ = s.open_partition(pid(), small_config(), true).await;
+                drop(s);
+                sim.restart_process();
+                // A full disk: the checkpoint at open (which would sync the directory too) is
+                // not written, yet appends fit in the segment's zero-filled start.
+                fill_disk(&sim);
+                let s = shard(&sim);
+                let Ok(p) = s.open_partition(pid(), small_config(), true).await else {
+                    continue; // crashed before the segment existed: creating needs space
+                };
+                let Ok(a) = p.append(batch("acked", 2, 1), AckLevel::Durable).await else {
+                    continue; // its zero-filled start was not written: no room
+                };
+                acked_runs += 1;
+                drop(p);
+                drop(s);
+                sim.crash();
+                sim.set_capacity_bytes(None);
+                let s = shard(&sim);
+                let p = s
+                    .open_partition(pid(), small_config(), false)
+                    .await
+                    .unwrap_or_else(|e| panic!("seed {seed}, crash after {crash_after}: {e}"));
+                let records = read_all(&p, a.base_offset).await;
+                assert_eq!(records.len(), 2, "seed {seed}, crash after {crash_after}");
+            }
+        }
+        assert!(acked_runs > 0, "no run reached an acknowledged append");
+    });
+}

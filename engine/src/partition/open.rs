@@ -349,7 +349,8 @@ impl<S: Storage> Ctx<'_, S> {
     }
 
     /// Zero-fills what a crashed round may have left past the end of the log (so no batch it
-    /// wrote can ever be mistaken for a later append), keeping the bytes before it. Returns
+    /// wrote can ever be mistaken for a later append), keeping the bytes before it (the caller
+    /// fdatasyncs: `sync_recovered`). Returns
     /// the bytes of the partial last page and the file's size after the cut. In a salted
     /// segment only a batch of this segment there needs cutting: the earlier life's bytes
     /// past the end stay as they are, so a clean restart writes nothing. When zeroing the
@@ -399,8 +400,27 @@ impl<S: Storage> Ctx<'_, S> {
             }
             Err(e) => return Err(e),
         };
-        file.fdatasync().await.map_err(self.io("fdatasync", path))?;
         Ok((page.to_vec(), file_bytes))
+    }
+
+    /// Makes what recovery read durable before it is served as durable: after a process
+    /// crash this process can read writes whose fdatasync never finished (the kernel still
+    /// holds them), and a power loss would take them back. The directory too: segment names
+    /// the dead process created may not be durable yet. Also makes a torn-tail cut durable.
+    async fn sync_recovered(&self, file: &S::File, path: &Path) -> Result<()> {
+        file.fdatasync().await.map_err(|source| EngineError::Io {
+            op: "fdatasync",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.storage
+            .sync_dir(self.dir)
+            .await
+            .map_err(|source| EngineError::Io {
+                op: "fsync dir",
+                path: self.dir.to_path_buf(),
+                source,
+            })
     }
 
     /// Writes zeros from the page holding `end_pos` up to `zone_end`, keeping that page's
@@ -542,6 +562,7 @@ impl<S: Storage> Ctx<'_, S> {
         }
         producers.retain_below(segments.back().map_or(0, |s| s.next_offset));
         let (last_page, file_bytes) = self.cut_tail((&file, salt), &path, end, file_bytes).await?;
+        self.sync_recovered(&file, &path).await?;
         Ok(Recovered {
             segments,
             producers,

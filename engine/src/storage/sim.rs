@@ -291,6 +291,16 @@ impl SimStorage {
         self.state.borrow().crashed
     }
 
+    /// Ends a process death (see [`SimStorage::crash_at_op`]) without power loss: the kernel
+    /// kept everything the dead process wrote, so the next one sees its writes and directory
+    /// changes, synced or not, while a later [`SimStorage::crash`] keeps only what was made
+    /// durable. Clears the crash point.
+    pub fn restart_process(&self) {
+        let mut s = self.state.borrow_mut();
+        s.crashed = false;
+        s.crash_at_op = None;
+    }
+
     /// Simulates power loss: keeps only durable data plus a random, possibly torn, prefix of
     /// unsynced writes and directory operations. Clears the crash point and injected faults.
     pub fn crash(&self) {
