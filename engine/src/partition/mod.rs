@@ -1188,6 +1188,14 @@ impl<S: Storage> Partition<S> {
         retired
     }
 
+    /// The segments leave the in-memory list (readers see the new log start) before their
+    /// unlinks are durable, so a crash or a failed step here can bring them back after a
+    /// restart: the log start then moves backwards. That is harmless: they hold exactly the
+    /// bytes they held (a retired file is reused only after the directory sync below made its
+    /// rename durable), the changes are made oldest first so no hole can appear, and
+    /// retention retires them again on its next pass. Dropping them only after the sync would
+    /// let a reader map a file between the check that it is unheld and its reuse as the spare.
+    /// A step that fails leaves its files on disk until the next restart (space only).
     async fn retire_expired(&self, now_ms: i64) -> Result<u64> {
         let mut doomed = self.take_expired_segments(now_ms);
         let count = doomed.len() as u64;
