@@ -1449,3 +1449,475 @@ fn a_crash_during_retention_never_leaves_a_hole_in_the_log() {
         );
     });
 }
+
+/// A partition with room for background zero-fills (4 MiB segments, pre-zeroing on).
+fn prezero_config() -> PartitionConfig {
+    PartitionConfig {
+        segment_bytes_max: 4 << 20,
+        ..PartitionConfig::default()
+    }
+}
+
+#[test]
+fn a_failed_zero_fill_fdatasync_faults_the_partition_and_acks_nothing_after_it() {
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let p = s
+            .open_partition(pid(), prezero_config(), true)
+            .await
+            .unwrap();
+        // 130 KiB crosses the low-water mark: a background zero-fill starts beside the round,
+        // and its fdatasync is the next one. It fails after the round's write was issued, so
+        // that write may be lost; the round's own later fdatasync proves nothing.
+        sim.fail_fsync_in(1);
+        let acked = p.append(kib_batch("lost", 130), AckLevel::Durable).await;
+        p.wait_idle_for_tests().await;
+        assert_eq!(s.zero_fill_stats().started, 1, "the fill ran");
+        let fault = p.fault().expect("a failed fdatasync faults the partition");
+        assert!(fault.contains("fdatasync"), "{fault}");
+        assert!(
+            matches!(acked, Err(EngineError::PartitionFaulted { .. })),
+            "{acked:?}"
+        );
+        assert_eq!(
+            p.offsets().durable,
+            0,
+            "nothing published after the failure"
+        );
+        drop(p);
+        drop(s);
+        sim.crash();
+        let s = shard(&sim);
+        let p = s
+            .open_partition(pid(), prezero_config(), false)
+            .await
+            .unwrap();
+        assert_eq!(p.fault(), None);
+        let kept = read_all(&p, 0).await.len();
+        if acked.is_ok() {
+            assert_eq!(kept, 130, "an acknowledged batch was lost");
+        }
+    });
+}
+
+#[test]
+fn sealing_waits_for_a_zero_fill_in_flight_so_the_sealed_file_matches_its_index() {
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let config = PartitionConfig {
+            segment_bytes_max: 300 * 1024,
+            ..PartitionConfig::default()
+        };
+        let p = s.open_partition(pid(), config.clone(), true).await.unwrap();
+        // The fill this batch starts (at 256 KiB, past the data) is slow to land; the next
+        // batch does not fit, so the segment is sealed while the fill is in flight.
+        assert!(sim.slow_writes_from(&segment_path(0), 256 * 1024, 10_000));
+        p.append(kib_batch("a", 130), AckLevel::Written)
+            .await
+            .unwrap();
+        p.append(kib_batch("b", 200), AckLevel::Durable)
+            .await
+            .unwrap();
+        p.wait_idle_for_tests().await;
+        assert!(s.zero_fill_stats().started >= 1, "the fill ran");
+        assert_eq!(p.stats().segment_rolls, 1);
+        let sealed = sim.file_contents(&segment_path(0)).unwrap();
+        let data = encode_batch(0, None, &kib_batch("a", 130).records);
+        assert_eq!(
+            sealed.len(),
+            data.len(),
+            "no zeros landed past the sealed end"
+        );
+        assert_eq!(sealed, data);
+        s.close().await.unwrap();
+        drop(p);
+        let s = shard(&sim);
+        let p = s.open_partition(pid(), config, false).await.unwrap();
+        assert_eq!(p.fault(), None);
+        assert_eq!(read_all(&p, 0).await.len(), 330);
+    });
+}
+
+#[test]
+fn a_sealed_segment_with_zeros_past_its_index_is_accepted_and_trimmed() {
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let p = s.open_partition(pid(), small_config(), true).await.unwrap();
+        fill(&p, 20, 3, 1000).await;
+        assert!(p.stats().segment_rolls >= 2);
+        s.close().await.unwrap();
+        drop(p);
+        // What a zero-fill landing after the seal left behind (before seals waited for it).
+        let sealed = sim.file_contents(&segment_path(0)).unwrap();
+        let mut longer = sealed.clone();
+        longer.resize(sealed.len() + 20_000, 0);
+        assert!(sim.set_file_contents(&segment_path(0), longer));
+        let s = shard(&sim);
+        let p = s
+            .open_partition(pid(), small_config(), false)
+            .await
+            .unwrap();
+        assert_eq!(p.fault(), None);
+        assert_eq!(read_all(&p, 0).await.len(), 60);
+        assert_eq!(sim.file_contents(&segment_path(0)).unwrap(), sealed);
+        s.close().await.unwrap();
+        drop(p);
+        // Non-zero bytes there are not explained by a late fill: the index is not trusted,
+        // the segment is scanned, and the damage is reported.
+        let mut damaged = sealed.clone();
+        damaged.resize(sealed.len() + 4096, 0);
+        *damaged.last_mut().unwrap() = 7;
+        assert!(sim.set_file_contents(&segment_path(0), damaged));
+        let s = shard(&sim);
+        let p = s
+            .open_partition(pid(), small_config(), false)
+            .await
+            .unwrap();
+        assert!(p.fault().is_some());
+    });
+}
+
+/// 1 MiB segments written without pre-zeroing: each round that passes the file's end grows it.
+fn growing_config() -> PartitionConfig {
+    PartitionConfig {
+        segment_bytes_max: 1 << 20,
+        prezero_segments: false,
+        ..small_config()
+    }
+}
+
+#[test]
+fn a_restart_on_a_full_disk_serves_reads_and_writes_resume_once_space_is_freed() {
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let p = s
+            .open_partition(pid(), growing_config(), true)
+            .await
+            .unwrap();
+        fill(&p, 5, 2, 1).await;
+        s.close().await.unwrap();
+        drop(p);
+        // The disk stays full across the restart: the checkpoint written at open fails.
+        sim.set_capacity_bytes(Some(0));
+        let s = shard(&sim);
+        let p = s
+            .open_partition(pid(), growing_config(), false)
+            .await
+            .expect("a full disk does not keep the partition from opening");
+        assert_eq!(p.fault(), None);
+        assert_eq!(read_all(&p, 0).await.len(), 10, "reads are served");
+        for attempt in 0..2 {
+            let err = p
+                .append(kib_batch("full", 5), AckLevel::Durable)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, EngineError::NoSpace { .. }),
+                "{attempt}: {err:?}"
+            );
+        }
+        assert_eq!(p.offsets().durable, 10);
+        assert_eq!(
+            read_all(&p, 0).await.len(),
+            10,
+            "nothing past the durable point"
+        );
+        // Space is back (retention or an operator freed some): the next append retries the
+        // stuck round and goes through. The stuck round holds the first refused batch (it was
+        // encoded before the disk was found full): like a cancelled append, its outcome was
+        // unknown, and it is written now. The second refused append encoded nothing.
+        sim.set_capacity_bytes(None);
+        let a = p
+            .append(batch("back", 2, 1), AckLevel::Durable)
+            .await
+            .unwrap();
+        assert_eq!(p.fault(), None);
+        assert_eq!(a.base_offset, 15);
+        let records = read_all(&p, 0).await;
+        assert_eq!(records.len(), 17);
+        assert_eq!(records[10].key, Some(Bytes::from("full-0")));
+        assert_eq!(records[16].value, Bytes::from("value-back-1"));
+        s.close().await.unwrap();
+        drop(p);
+        sim.crash();
+        let s = shard(&sim);
+        let p = s
+            .open_partition(pid(), growing_config(), false)
+            .await
+            .unwrap();
+        assert_eq!(read_all(&p, 0).await, records);
+    });
+}
+
+/// Caps the simulated disk at what its files hold now: writes that grow nothing still fit.
+fn fill_disk(sim: &SimStorage) {
+    let used: usize = sim
+        .file_names()
+        .iter()
+        .filter_map(|path| sim.file_contents(path))
+        .map(|bytes| bytes.len())
+        .sum();
+    sim.set_capacity_bytes(Some(used as u64));
+}
+
+#[test]
+fn a_roll_that_runs_out_of_space_is_retried_once_space_is_freed() {
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let p = s.open_partition(pid(), small_config(), true).await.unwrap();
+        fill(&p, 6, 2, 1).await;
+        let rolls = p.stats().segment_rolls;
+        fill_disk(&sim);
+        // Batches that fit go into the active segment's written pages; the one that rolls
+        // needs space (the sealed segment's index, the new segment's zero-filled start).
+        let mut appended = 12;
+        let err = loop {
+            match p.append(batch("r", 2, 1), AckLevel::Durable).await {
+                Ok(_) => appended += 2,
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(err, EngineError::NoSpace { .. }), "{err:?}");
+        assert_eq!(p.offsets().log_end, appended as u64, "nothing encoded");
+        assert!(matches!(
+            p.append(batch("r", 2, 1), AckLevel::Written).await,
+            Err(EngineError::NoSpace { .. })
+        ));
+        assert_eq!(p.stats().segment_rolls, rolls);
+        assert_eq!(read_all(&p, 0).await.len(), appended, "reads go on");
+        sim.set_capacity_bytes(None);
+        p.append(batch("after", 2, 1), AckLevel::Durable)
+            .await
+            .unwrap();
+        appended += 2;
+        assert_eq!(p.stats().segment_rolls, rolls + 1);
+        assert_eq!(p.fault(), None);
+        let records = read_all(&p, 0).await;
+        assert_eq!(records.len(), appended);
+        assert_eq!(records[appended - 1].value, Bytes::from("value-after-1"));
+        s.close().await.unwrap();
+        drop(p);
+        sim.crash();
+        let s = shard(&sim);
+        let p = s
+            .open_partition(pid(), small_config(), false)
+            .await
+            .unwrap();
+        assert_eq!(p.fault(), None);
+        assert_eq!(read_all(&p, 0).await, records);
+    });
+}
+
+#[test]
+fn a_torn_tail_on_a_full_disk_is_cut_by_truncation() {
+    run(|| async {
+        let sim = SimStorage::new(SimConfig::default());
+        let s = shard(&sim);
+        let p = s
+            .open_partition(pid(), growing_config(), true)
+            .await
+            .unwrap();
+        fill(&p, 5, 2, 1).await;
+        s.close().await.unwrap();
+        drop(p);
+        // A crashed round's garbage past the log's end, reaching past an unaligned end of
+        // file: zeroing the torn zone would grow the file, and the disk is full.
+        let data_bytes = read_segment_data_bytes(&sim);
+        let mut torn = sim.file_contents(&segment_path(0)).unwrap();
+        torn.truncate(data_bytes);
+        torn.resize(align_4k(data_bytes) + 100, 0xee);
+        assert!(sim.set_file_contents(&segment_path(0), torn));
+        sim.set_capacity_bytes(Some(0));
+        let s = shard(&sim);
+        let p = s
+            .open_partition(pid(), growing_config(), false)
+            .await
+            .expect("a full disk does not keep the partition from opening");
+        assert_eq!(p.fault(), None);
+        assert_eq!(read_all(&p, 0).await.len(), 10);
+        let cut = sim.file_contents(&segment_path(0)).unwrap();
+        assert_eq!(cut.len(), data_bytes, "cut at the end of the log");
+        sim.set_capacity_bytes(None);
+        p.append(batch("after", 2, 1), AckLevel::Durable)
+            .await
+            .unwrap();
+        drop(p);
+        drop(s);
+        sim.crash();
+        let s = shard(&sim);
+        let p = s
+            .open_partition(pid(), growing_config(), false)
+            .await
+            .unwrap();
+        assert_eq!(p.fault(), None);
+        let records = read_all(&p, 0).await;
+        assert_eq!(records.len(), 12);
+        assert_eq!(records[11].value, Bytes::from("value-after-1"));
+    });
+}
+
+/// Bytes of batches at the start of the only segment (where the zero padding begins).
+fn read_segment_data_bytes(sim: &SimStorage) -> usize {
+    let bytes = Bytes::from(sim.file_contents(&segment_path(0)).unwrap());
+    let mut pos = 0;
+    while let Ok(view) = BatchView::parse(&bytes.slice(pos..)) {
+        pos += view.bytes().len();
+    }
+    pos
+}
+
+fn align_4k(n: usize) -> usize {
+    n.div_ceil(4096) * 4096
+}
+
+#[test]
+fn what_recovery_reads_after_a_process_crash_is_made_durable_before_it_is_served() {
+    run(|| async {
+        for seed in 0..16 {
+            let sim = SimStorage::new(SimConfig {
+                seed,
+                ..SimConfig::default()
+            });
+            let s = shard(&sim);
+            let p = s.open_partition(pid(), small_config(), true).await.unwrap();
+            fill(&p, 3, 2, 1).await;
+            p.wait_idle_for_tests().await;
+            // The process dies after the next round's write, before its fdatasync.
+            sim.crash_at_op(sim.op_count() + 2);
+            p.append(batch("unsynced", 2, 1), AckLevel::Written)
+                .await
+                .unwrap();
+            p.wait_idle_for_tests().await;
+            assert!(sim.has_crashed() && p.offsets().durable == 6);
+            drop(p);
+            drop(s);
+            // The next process reads the unsynced batch back (the kernel kept it) and serves
+            // it as durable; then the power fails.
+            sim.restart_process();
+            let s = shard(&sim);
+            let p = s
+                .open_partition(pid(), small_config(), false)
+                .await
+                .unwrap();
+            let served = read_all(&p, 0).await;
+            assert_eq!(served.len(), 8, "seed {seed}");
+            drop(p);
+            drop(s);
+            sim.crash();
+            let s = shard(&sim);
+            let p = s
+                .open_partition(pid(), small_config(), false)
+                .await
+                .unwrap();
+            assert_eq!(p.fault(), None, "seed {seed}");
+            assert_eq!(p.offsets().log_end, 8, "seed {seed}: served records lost");
+            assert_eq!(read_all(&p, 0).await, served, "seed {seed}");
+        }
+    });
+}
+
+#[test]
+fn segment_names_a_crashed_process_never_synced_are_made_durable_by_recovery() {
+    run(|| async {
+        let mut acked_runs = 0;
+        for seed in 0..8 {
+            for crash_after in 1..16 {
+                let sim = SimStorage::new(SimConfig {
+                    seed,
+                    ..SimConfig::default()
+                });
+                // The process dies while creating the partition: maybe after the segment file
+                // was created and zero-filled, before the directory was synced.
+                sim.crash_at_op(sim.op_count() + crash_after);
+                let s = shard(&sim);
+                let _ = s.open_partition(pid(), small_config(), true).await;
+                drop(s);
+                sim.restart_process();
+                // A full disk: the checkpoint at open (which would sync the directory too) is
+                // not written, yet appends fit in the segment's zero-filled start.
+                fill_disk(&sim);
+                let s = shard(&sim);
+                let Ok(p) = s.open_partition(pid(), small_config(), true).await else {
+                    continue; // crashed before the segment existed: creating needs space
+                };
+                let Ok(a) = p.append(batch("acked", 2, 1), AckLevel::Durable).await else {
+                    continue; // its zero-filled start was not written: no room
+                };
+                acked_runs += 1;
+                drop(p);
+                drop(s);
+                sim.crash();
+                sim.set_capacity_bytes(None);
+                let s = shard(&sim);
+                let p = s
+                    .open_partition(pid(), small_config(), false)
+                    .await
+                    .unwrap_or_else(|e| panic!("seed {seed}, crash after {crash_after}: {e}"));
+                let records = read_all(&p, a.base_offset).await;
+                assert_eq!(records.len(), 2, "seed {seed}, crash after {crash_after}");
+            }
+        }
+        assert!(acked_runs > 0, "no run reached an acknowledged append");
+    });
+}
+
+#[test]
+fn retired_segments_a_crash_brings_back_are_unchanged_and_retired_again() {
+    run(|| async {
+        let config = PartitionConfig {
+            segment_age_ms_max: 1000,
+            ..small_config()
+        };
+        let retained = PartitionConfig {
+            retention_bytes_max: Some(3000),
+            ..config.clone()
+        };
+        let mut came_back = 0;
+        for crash_after in 1..16u64 {
+            let sim = SimStorage::new(SimConfig {
+                seed: crash_after,
+                ..SimConfig::default()
+            });
+            let s = shard(&sim);
+            let p = s.open_partition(pid(), config.clone(), true).await.unwrap();
+            fill(&p, 50, 3, 1).await;
+            s.close().await.unwrap();
+            drop(p);
+            let s = shard(&sim);
+            let p = s
+                .open_partition(pid(), retained.clone(), false)
+                .await
+                .unwrap();
+            let all = read_all(&p, 0).await;
+            // Retention drops the segments from memory first (readers see the new log start
+            // at once), then unlinks them and syncs the directory; the power fails between.
+            sim.crash_at_op(sim.op_count() + crash_after);
+            let _ = p.enforce_retention(sim.now_ms()).await;
+            let start_seen = p.offsets().log_start;
+            assert!(start_seen > 0, "retention retired something");
+            drop(p);
+            drop(s);
+            sim.crash();
+            let s = shard(&sim);
+            let p = s
+                .open_partition(pid(), retained.clone(), false)
+                .await
+                .unwrap();
+            assert_eq!(p.fault(), None);
+            let start = p.offsets().log_start;
+            if start < start_seen {
+                came_back += 1;
+            }
+            // The log start may have moved back, but what it shows again is what was there.
+            assert_eq!(read_all(&p, start).await, all[start as usize..]);
+            p.enforce_retention(sim.now_ms()).await.unwrap();
+            assert!(p.offsets().log_start >= start_seen, "retired again");
+        }
+        assert!(came_back > 0, "no crash brought a retired segment back");
+    });
+}

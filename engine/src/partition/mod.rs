@@ -78,8 +78,24 @@ struct Fault {
     reason: String,
     /// Reads are refused too (detected corruption); otherwise durable data stays readable.
     reads_refused: bool,
-    /// The failure was ENOSPC: appends report [`EngineError::NoSpace`].
-    no_space: Option<(&'static str, PathBuf)>,
+}
+
+/// The flusher's last job failed for lack of space: the operation and its file. Unlike a
+/// [`Fault`] this passes: a failed write (never a failed fdatasync) loses nothing, so the
+/// job is tried again, with the same buffers, when the next append or sync asks.
+#[derive(Debug, Clone)]
+struct OutOfSpace {
+    op: &'static str,
+    path: PathBuf,
+}
+
+impl OutOfSpace {
+    fn error(&self) -> EngineError {
+        EngineError::NoSpace {
+            op: self.op,
+            path: self.path.clone(),
+        }
+    }
 }
 
 struct State<F: StorageFile> {
@@ -94,6 +110,13 @@ struct State<F: StorageFile> {
     flusher_running: bool,
     roll_wanted: bool,
     fault: Option<Fault>,
+    /// Set while the flusher's last job failed for lack of space (cleared when one succeeds).
+    out_of_space: Option<OutOfSpace>,
+    /// Flusher jobs failed for lack of space so far: an append or sync fails with NoSpace only
+    /// for a failure that happened while it waited, so each new one asks for another attempt.
+    out_of_space_failures: u64,
+    /// A round whose writes failed for lack of space; the next round attempt writes it again.
+    unwritten_round: Option<WantedRound<F::Buffer>>,
     closed: bool,
     producers: ProducerTable,
     /// The active segment's blocks are written (zero-filled, or a recycled file's earlier
@@ -101,6 +124,10 @@ struct State<F: StorageFile> {
     allocated_to: u64,
     /// Start of the zero-fill in flight, if any.
     zeroing: Option<u64>,
+    /// The zero-fill in flight has issued its fdatasync (see `confirm_no_failed_sync`).
+    zero_fill_syncing: bool,
+    /// Zero-fills ended so far (done or failed): tells a waiter that the fill it saw ended.
+    zero_fills_ended: u64,
     /// Bytes made durable by the last sync round.
     last_round_bytes: u64,
     /// A checkpoint is being written (they are serialized: one temp file name).
@@ -237,33 +264,22 @@ impl<S: Storage> Partition<S> {
     }
 
     fn faulted(&self, f: &Fault) -> EngineError {
-        match &f.no_space {
-            Some((op, path)) => EngineError::NoSpace {
-                op,
-                path: path.clone(),
-            },
-            None => EngineError::PartitionFaulted {
-                partition: self.id.clone(),
-                reason: f.reason.clone(),
-            },
+        EngineError::PartitionFaulted {
+            partition: self.id.clone(),
+            reason: f.reason.clone(),
         }
     }
 
     /// Stops all further writes (and reads when `reads_refused`); fails every waiting ack.
     fn set_fault(&self, reason: String, reads_refused: bool) {
-        self.set_fault_with(Fault {
-            reason,
-            reads_refused,
-            no_space: None,
-        });
-    }
-
-    fn set_fault_with(&self, fault: Fault) {
         {
             let mut st = self.state.borrow_mut();
             if st.fault.is_none() {
-                tracing::error!(partition = %self.id, reason = %fault.reason, "partition faulted");
-                st.fault = Some(fault);
+                tracing::error!(partition = %self.id, %reason, "partition faulted");
+                st.fault = Some(Fault {
+                    reason,
+                    reads_refused,
+                });
             }
         }
         self.changed.notify_all();
@@ -275,18 +291,19 @@ impl<S: Storage> Partition<S> {
     /// Cost: one encode into the write buffer; for `Durable`, one share of a group fdatasync.
     pub async fn append(&self, batch: AppendBatch, ack: AckLevel) -> Result<Appended> {
         let batch_bytes = self.validate(&batch)?;
+        let space_failures_seen = self.state.borrow().out_of_space_failures;
         let mut ticket: Option<AppendTicket<'_, S>> = None;
         loop {
             let wait = self.changed.wait();
             if self.my_turn(&mut ticket) {
-                let attempt = self.try_append(&batch, batch_bytes);
+                let attempt = self.try_append(&batch, batch_bytes, space_failures_seen);
                 self.kick();
                 match attempt {
                     Ok(Attempt::Done(appended)) => {
                         drop(ticket);
                         if ack == AckLevel::Durable {
                             let end = appended.base_offset + u64::from(appended.record_count);
-                            self.wait_durable(end).await?;
+                            self.wait_durable(end, space_failures_seen).await?;
                         }
                         return Ok(appended);
                     }
@@ -353,7 +370,12 @@ impl<S: Storage> Partition<S> {
     }
 
     /// Everything up to the encode, with no await: offsets follow call order.
-    fn try_append(&self, batch: &AppendBatch, batch_bytes: usize) -> Result<Attempt> {
+    fn try_append(
+        &self,
+        batch: &AppendBatch,
+        batch_bytes: usize,
+        space_failures_seen: u64,
+    ) -> Result<Attempt> {
         let mut st = self.state.borrow_mut();
         if st.closed {
             return Err(EngineError::Closed {
@@ -362,6 +384,9 @@ impl<S: Storage> Partition<S> {
         }
         if let Some(f) = &st.fault {
             return Err(self.faulted(f));
+        }
+        if st.out_of_space.is_some() {
+            return self.retry_for_space(&mut st, space_failures_seen);
         }
         let record_count = batch.records.len() as u32;
         if let Some(p) = batch.producer {
@@ -419,6 +444,20 @@ impl<S: Storage> Partition<S> {
         let end = appended.base_offset + u64::from(record_count);
         self.request_sync(&mut st, end);
         Ok(Attempt::Done(appended))
+    }
+
+    /// An append arriving while the flusher's last job failed for lack of space encodes
+    /// nothing: it asks for one more attempt and waits for it, and fails with NoSpace once an
+    /// attempt fails after it arrived. So each append costs at most one attempt, and appends
+    /// resume by themselves once space is freed.
+    fn retry_for_space(&self, st: &mut State<S::File>, failures_seen: u64) -> Result<Attempt> {
+        if st.out_of_space_failures > failures_seen
+            && let Some(full) = &st.out_of_space
+        {
+            return Err(full.error());
+        }
+        self.ensure_flusher(st);
+        Ok(Attempt::Wait)
     }
 
     fn roll_due(&self, st: &State<S::File>, batch_bytes: usize) -> bool {
@@ -520,8 +559,9 @@ impl<S: Storage> Partition<S> {
         }
     }
 
-    /// Waits until `offset` is durable; fails if the partition faults or closes first.
-    async fn wait_durable(&self, offset: u64) -> Result<()> {
+    /// Waits until `offset` is durable; fails if the partition faults or closes first, or if
+    /// a flusher job fails for lack of space after `space_failures_seen` failures.
+    async fn wait_durable(&self, offset: u64, space_failures_seen: u64) -> Result<()> {
         loop {
             let wait = self.changed.wait();
             {
@@ -531,6 +571,11 @@ impl<S: Storage> Partition<S> {
                 }
                 if let Some(f) = &st.fault {
                     return Err(self.faulted(f));
+                }
+                if st.out_of_space_failures > space_failures_seen
+                    && let Some(full) = &st.out_of_space
+                {
+                    return Err(full.error());
                 }
                 if st.closed && !st.flusher_running {
                     return Err(EngineError::Closed {
@@ -573,66 +618,86 @@ impl<S: Storage> Partition<S> {
 
     /// Makes everything appended so far durable; returns the durable offset.
     pub async fn sync(&self) -> Result<u64> {
-        let end = {
+        let (end, space_failures_seen) = {
             let mut st = self.state.borrow_mut();
             if let Some(f) = &st.fault {
                 return Err(self.faulted(f));
             }
             let end = st.log_end;
             self.request_sync(&mut st, end);
-            end
+            (end, st.out_of_space_failures)
         };
         self.kick();
-        self.wait_durable(end).await?;
+        self.wait_durable(end, space_failures_seen).await?;
         Ok(self.state.borrow().durable_offset)
     }
 
     // ---- the flusher -------------------------------------------------------------------
 
     async fn flusher(self: Rc<Self>) {
-        loop {
-            let job = {
-                let mut st = self.state.borrow_mut();
-                let job = if st.fault.is_some() {
-                    None
-                } else if st.roll_wanted {
-                    Some(Job::Roll)
-                } else if st.sync_wanted > st.durable_offset {
-                    Some(Job::Sync)
-                } else if st.durable_bytes_since_checkpoint >= self.config.checkpoint_interval_bytes
-                    && !st.checkpoint_running
-                {
-                    Some(Job::Checkpoint)
-                } else {
-                    None
-                };
-                if job.is_none() {
-                    st.flusher_running = false;
-                }
-                job
-            };
+        while let Some(job) = self.next_job() {
             let result = match job {
-                None => break,
-                Some(Job::Sync) => self.sync_rounds().await,
-                Some(Job::Roll) => self.roll().await,
-                Some(Job::Checkpoint) => {
+                Job::Sync => self.sync_rounds().await,
+                Job::Roll => self.roll().await,
+                Job::Checkpoint => {
                     self.checkpoint_in_background();
                     Ok(())
                 }
             };
-            if let Err(e) = result {
-                let no_space = match &e {
-                    EngineError::NoSpace { op, path } => Some((*op, path.clone())),
-                    _ => None,
-                };
-                self.set_fault_with(Fault {
-                    reason: e.to_string(),
-                    reads_refused: false,
-                    no_space,
-                });
+            match result {
+                Ok(()) => self.space_is_back(),
+                Err(EngineError::NoSpace { op, path }) => {
+                    self.stop_out_of_space(OutOfSpace { op, path });
+                    break;
+                }
+                Err(e) => self.set_fault(e.to_string(), false),
             }
         }
         self.changed.notify_all();
+    }
+
+    /// The flusher's next job; `None` (and the flusher is no longer running) when there is
+    /// nothing to do, which also means nothing is stuck for lack of space.
+    fn next_job(&self) -> Option<Job> {
+        let mut st = self.state.borrow_mut();
+        let checkpoint_due = st.durable_bytes_since_checkpoint
+            >= self.config.checkpoint_interval_bytes
+            && !st.checkpoint_running;
+        let job = if st.fault.is_some() {
+            None
+        } else if st.roll_wanted {
+            Some(Job::Roll)
+        } else if st.sync_wanted > st.durable_offset {
+            Some(Job::Sync)
+        } else if checkpoint_due {
+            Some(Job::Checkpoint)
+        } else {
+            None
+        };
+        if job.is_none() {
+            st.flusher_running = false;
+            st.out_of_space = None;
+        }
+        job
+    }
+
+    /// A flusher job succeeded: whatever waited for space may go on.
+    fn space_is_back(&self) {
+        let was_full = self.state.borrow_mut().out_of_space.take().is_some();
+        if was_full {
+            tracing::info!(partition = %self.id, "space is back: writes resume");
+            self.changed.notify_all();
+        }
+    }
+
+    /// Ends the flusher after a job failed for lack of space: the job stays wanted (a roll,
+    /// or a round kept in `unwritten_round`) and is tried again when an append or sync asks.
+    fn stop_out_of_space(&self, full: OutOfSpace) {
+        tracing::warn!(partition = %self.id, op = full.op, path = ?full.path, "out of space: writes wait for room");
+        let mut st = self.state.borrow_mut();
+        st.out_of_space = Some(full);
+        st.out_of_space_failures += 1;
+        st.flusher_running = false;
     }
 
     /// Runs sync rounds while anyone wants more data durable, pipelined: round k+1's writes
@@ -656,6 +721,7 @@ impl<S: Storage> Partition<S> {
                 (Some(w), None) => {
                     let issued = Instant::now();
                     fdatasync(&*file, &path).await?;
+                    self.confirm_no_failed_sync().await?;
                     self.publish(w, issued.elapsed());
                     // Let the appenders just released append again before the next round.
                     crate::notify::yield_once().await;
@@ -672,6 +738,7 @@ impl<S: Storage> Partition<S> {
                     )
                     .await;
                     synced?;
+                    self.confirm_no_failed_sync().await?;
                     self.publish(w, sync_time);
                     written = Some(next_written?);
                 }
@@ -685,6 +752,13 @@ impl<S: Storage> Partition<S> {
         written: Option<&Written<<S::File as StorageFile>::Buffer>>,
     ) -> Option<WantedRound<<S::File as StorageFile>::Buffer>> {
         let mut st = self.state.borrow_mut();
+        if let Some(unwritten) = st.unwritten_round.take() {
+            assert!(
+                written.is_none(),
+                "a round failed while another was in flight"
+            );
+            return Some(unwritten);
+        }
         let (covered_pos, covered_offset) = written
             .map_or((st.durable_pos, st.durable_offset), |w| {
                 (w.end_pos, w.end_offset)
@@ -723,9 +797,22 @@ impl<S: Storage> Partition<S> {
         let started = Instant::now();
         let Round { writes, end_pos } = round;
         let kept = writes.clone();
-        write_all(file, writes)
-            .await
-            .map_err(|e| EngineError::io("write", path, e))?;
+        if let Err(e) = write_all(file, writes).await {
+            let e = EngineError::io("write", path, e);
+            if matches!(e, EngineError::NoSpace { .. }) {
+                // A failed write loses nothing: the next attempt writes the same buffers.
+                self.state.borrow_mut().unwritten_round = Some(WantedRound {
+                    round: Round {
+                        writes: kept,
+                        end_pos,
+                    },
+                    end_offset,
+                    first_append,
+                });
+            }
+            return Err(e);
+        }
+        self.space_is_back();
         Ok(Written {
             end_pos,
             end_offset,
@@ -734,6 +821,38 @@ impl<S: Storage> Partition<S> {
             write_time: started.elapsed(),
             writes: kept,
         })
+    }
+
+    /// Called after a round's fdatasync succeeded, before publishing it. That success proves
+    /// the round durable only if no other fdatasync of the file (a zero-fill's) failed: after
+    /// a failure the kernel may have dropped the dirty state of writes issued before it, and
+    /// of two concurrent fdatasyncs of one file only one may report the error. So this waits
+    /// for a zero-fill fdatasync in flight to end, then refuses if the partition faulted. (A
+    /// fill fdatasync issued after this round's returned cannot take its success back.)
+    async fn confirm_no_failed_sync(&self) -> Result<()> {
+        let fill_syncing = {
+            let st = self.state.borrow();
+            st.zero_fill_syncing.then_some(st.zero_fills_ended)
+        };
+        if let Some(ended_before) = fill_syncing {
+            self.wait_until(|st| st.zero_fills_ended > ended_before)
+                .await;
+        }
+        match &self.state.borrow().fault {
+            Some(f) => Err(self.faulted(f)),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until `done` holds for the state (re-checked whenever the partition notifies).
+    async fn wait_until(&self, done: impl Fn(&State<S::File>) -> bool) {
+        loop {
+            let wait = self.changed.wait();
+            if done(&self.state.borrow()) {
+                return;
+            }
+            wait.await;
+        }
     }
 
     /// Publishes a written and fdatasynced round: moves the durable point, wakes waiters.
@@ -810,7 +929,12 @@ impl<S: Storage> Partition<S> {
 
     /// Cuts the pre-zeroed slack, fdatasyncs and writes the sealed segment's index file.
     async fn seal_active(&self) -> Result<()> {
-        self.wait_zeroing_clear(0).await;
+        // A zero-fill landing after the truncation would make the file longer than its index
+        // says. None starts meanwhile: fills start only from appends, which wait for the roll.
+        self.wait_until(|st| st.zeroing.is_none()).await;
+        if let Some(f) = &self.state.borrow().fault {
+            return Err(self.faulted(f)); // the fill's fdatasync failed
+        }
         let (file, path, image) = {
             let st = self.state.borrow();
             let a = st.active();
@@ -823,9 +947,7 @@ impl<S: Storage> Partition<S> {
         file.truncate(image.data_bytes)
             .await
             .map_err(|e| EngineError::io("truncate", &path, e))?;
-        file.fdatasync()
-            .await
-            .map_err(|e| EngineError::io("fdatasync", &path, e))?;
+        fdatasync(&*file, &path).await?;
         let index_path = self.dir.join(index_file_name(image.base_offset));
         let index_file = self
             .open_file(&index_path, OpenMode::CreateTruncate)
@@ -834,6 +956,7 @@ impl<S: Storage> Partition<S> {
             .await
             .map_err(|e| EngineError::io("write index", &index_path, e))?;
         let mut st = self.state.borrow_mut();
+        assert!(st.zeroing.is_none(), "a zero-fill started while sealing");
         st.active_mut().sealed = true;
         Ok(())
     }
@@ -884,8 +1007,9 @@ impl<S: Storage> Partition<S> {
     /// zero-filled end asks, and only while the shard's [`ZeroFillBudget`] has a permit (else
     /// it asks again on its next append). Rounds that would overlap a fill in flight wait.
     fn maybe_prezero(&self, st: &mut State<S::File>) {
-        if !self.config.prezero_segments || st.zeroing.is_some() || st.closed || st.fault.is_some()
-        {
+        // A fill during a full disk would only fail (and take blocks a round needs).
+        let busy = st.zeroing.is_some() || st.roll_wanted || st.out_of_space.is_some();
+        if !self.config.prezero_segments || busy || st.closed || st.fault.is_some() {
             return;
         }
         if st.last_round_bytes >= PREZERO_ROUND_BYTES_MAX {
@@ -920,6 +1044,10 @@ impl<S: Storage> Partition<S> {
         });
     }
 
+    /// One background zero-fill step: write the zeros, fdatasync. A failed write is only a
+    /// lost head start (the zeros are no one's data). A failed fdatasync faults the partition:
+    /// it covers the rounds' writes to the same file too, whose dirty state the kernel may
+    /// have dropped, so no later fdatasync could prove them durable.
     async fn run_zero_fill(&self, fill: ZeroFill<S::File>) {
         let ZeroFill {
             file,
@@ -928,17 +1056,28 @@ impl<S: Storage> Partition<S> {
             len,
             permit,
         } = fill;
-        let result = zero_fill(&*file, start, len).await;
+        let synced = match write_zeros(&*file, start, len).await {
+            Ok(()) => {
+                self.state.borrow_mut().zero_fill_syncing = true;
+                fdatasync(&*file, &path).await.map(|()| true)
+            }
+            Err(e) => {
+                tracing::warn!(partition = %self.id, path = ?path, error = %e, "zero-fill write failed");
+                Ok(false)
+            }
+        };
         drop(permit);
+        if let Err(e) = &synced {
+            // Before `zeroing` clears: a round waiting on this fill must see the fault.
+            self.set_fault(e.to_string(), false);
+        }
         {
             let mut st = self.state.borrow_mut();
             st.zeroing = None;
-            match result {
-                Ok(()) if Rc::ptr_eq(&st.active().file, &file) => st.allocated_to = start + len,
-                Ok(()) => {}
-                Err(e) => {
-                    tracing::warn!(partition = %self.id, path = ?path, error = %e, "zero-fill failed")
-                }
+            st.zero_fill_syncing = false;
+            st.zero_fills_ended += 1;
+            if matches!(synced, Ok(true)) && Rc::ptr_eq(&st.active().file, &file) {
+                st.allocated_to = start + len;
             }
         }
         self.changed.notify_all();
@@ -951,18 +1090,9 @@ impl<S: Storage> Partition<S> {
 
     /// Waits while a zero-fill in flight starts before `end_pos` (the round would overlap it).
     async fn wait_zeroing_clear(&self, end_pos: u64) {
-        loop {
-            let wait = self.changed.wait();
-            if self
-                .state
-                .borrow()
-                .zeroing
-                .is_none_or(|start| start >= align_up(end_pos))
-            {
-                return;
-            }
-            wait.await;
-        }
+        let end_pos = align_up(end_pos);
+        self.wait_until(|st| st.zeroing.is_none_or(|start| start >= end_pos))
+            .await;
     }
 
     /// Writes a checkpoint off the flusher (rounds go on meanwhile) unless one is being
@@ -980,8 +1110,14 @@ impl<S: Storage> Partition<S> {
             let written = me.checkpoint_body().await;
             me.state.borrow_mut().checkpoint_running = false;
             me.changed.notify_all();
-            if let Err(e) = written {
-                me.set_fault(e.to_string(), false);
+            match written {
+                Ok(()) => {}
+                // Recovery is correct without it (it scans from the previous one); a later
+                // checkpoint tries again.
+                Err(EngineError::NoSpace { .. }) => {
+                    tracing::warn!(partition = %me.id, "no space for a checkpoint");
+                }
+                Err(e) => me.set_fault(e.to_string(), false),
             }
         });
     }
@@ -1053,11 +1189,17 @@ impl<S: Storage> Partition<S> {
             .map_err(|e| EngineError::io("open", path, e))
     }
 
+    /// A directory fsync. Like [`fdatasync`], its errors are never `NoSpace`: after a failed
+    /// one the directory's state is unknown, so it is never retried.
     async fn sync_dir(&self) -> Result<()> {
         self.storage
             .sync_dir(&self.dir)
             .await
-            .map_err(|e| EngineError::io("fsync dir", &self.dir, e))
+            .map_err(|source| EngineError::Io {
+                op: "fsync dir",
+                path: self.dir.clone(),
+                source,
+            })
     }
 
     // ---- retention, close, remove ------------------------------------------------------
@@ -1074,6 +1216,14 @@ impl<S: Storage> Partition<S> {
         retired
     }
 
+    /// The segments leave the in-memory list (readers see the new log start) before their
+    /// unlinks are durable, so a crash or a failed step here can bring them back after a
+    /// restart: the log start then moves backwards. That is harmless: they hold exactly the
+    /// bytes they held (a retired file is reused only after the directory sync below made its
+    /// rename durable), the changes are made oldest first so no hole can appear, and
+    /// retention retires them again on its next pass. Dropping them only after the sync would
+    /// let a reader map a file between the check that it is unheld and its reuse as the spare.
+    /// A step that fails leaves its files on disk until the next restart (space only).
     async fn retire_expired(&self, now_ms: i64) -> Result<u64> {
         let mut doomed = self.take_expired_segments(now_ms);
         let count = doomed.len() as u64;
@@ -1253,11 +1403,14 @@ struct Written<B> {
     writes: Vec<(u64, Rc<B>)>,
 }
 
-/// fdatasync, never retried: after a failure the kernel may have dropped the dirty pages.
+/// fdatasync, never retried: after a failure the kernel may have dropped the dirty pages. So
+/// its errors are never [`EngineError::NoSpace`] (which the flusher retries), even for ENOSPC.
 async fn fdatasync<F: StorageFile>(file: &F, path: &Path) -> Result<()> {
-    file.fdatasync()
-        .await
-        .map_err(|e| EngineError::io("fdatasync", path, e))
+    file.fdatasync().await.map_err(|source| EngineError::Io {
+        op: "fdatasync",
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 enum Job {
@@ -1299,19 +1452,19 @@ pub(crate) async fn prezero_new_segment<F: StorageFile>(
         return Ok(0);
     }
     let len = PREZERO_GAP_BYTES.min(align_up(config.segment_bytes_max));
-    zero_fill(file, 0, len)
+    write_zeros(file, 0, len)
         .await
         .map_err(|e| EngineError::io("prezero", path, e))?;
+    fdatasync(file, path).await?;
     Ok(len)
 }
 
-/// Writes `len` zero bytes at `pos` (one request) and fdatasyncs.
-async fn zero_fill<F: StorageFile>(file: &F, pos: u64, len: u64) -> io::Result<()> {
+/// Writes `len` zero bytes at `pos` (one request).
+async fn write_zeros<F: StorageFile>(file: &F, pos: u64, len: u64) -> io::Result<()> {
     assert!(len as usize <= IO_REQUEST_BYTES_MAX);
     let mut buf = file.alloc_buffer(len as usize);
     buf.as_bytes_mut().fill(0);
-    file.write_at(Rc::new(buf), pos).await?;
-    file.fdatasync().await
+    file.write_at(Rc::new(buf), pos).await
 }
 
 type WriteFuture<'a> = Pin<Box<dyn Future<Output = io::Result<()>> + 'a>>;

@@ -159,7 +159,6 @@ impl<S: Storage> Ctx<'_, S> {
         Fault {
             reason: e.to_string(),
             reads_refused: true,
-            no_space: None,
         }
     }
 
@@ -186,14 +185,23 @@ impl<S: Storage> Ctx<'_, S> {
             .open(&path, OpenMode::ReadOnly)
             .await
             .map_err(self.io("open", &path))?;
-        let size = file.size().await.map_err(self.io("size", &path))?;
+        let mut size = file.size().await.map_err(self.io("size", &path))?;
         let index_path = self.dir.join(index_file_name(base));
-        let image = match read_whole_file(self.storage, &index_path).await {
+        let mut image = match read_whole_file(self.storage, &index_path).await {
             Ok(bytes) => {
-                IndexImage::decode(&bytes).filter(|i| i.base_offset == base && i.data_bytes == size)
+                IndexImage::decode(&bytes).filter(|i| i.base_offset == base && i.data_bytes <= size)
             }
             Err(_) => None,
         };
+        if let Some(data_bytes) = image.as_ref().map(|i| i.data_bytes)
+            && data_bytes < size
+        {
+            if self.trim_zero_slack(&file, &path, data_bytes, size).await? {
+                size = data_bytes;
+            } else {
+                image = None;
+            }
+        }
         let mut segment = new_segment(base, salt, path.clone(), Rc::new(file), 0);
         segment.sealed = true;
         segment.data_bytes = size;
@@ -240,6 +248,32 @@ impl<S: Storage> Ctx<'_, S> {
             }
         }
         Ok((segment, None))
+    }
+
+    /// A sealed segment longer than its valid index says: a zero-fill that landed after the
+    /// seal had truncated the file (possible before seals waited for fills). If everything
+    /// past the index's end is zeros, the index is right: the file is trimmed back (a failed
+    /// trim only leaves the zeros) and true is returned. Anything else there: false.
+    async fn trim_zero_slack(
+        &self,
+        file: &S::File,
+        path: &Path,
+        data_bytes: u64,
+        size: u64,
+    ) -> Result<bool> {
+        if !self.all_zero(file, path, data_bytes, size).await? {
+            return Ok(false);
+        }
+        tracing::warn!(partition = %self.id, path = ?path, data_bytes, size, "zeros past a sealed segment's end: trimmed");
+        let trimmed = async {
+            let f = self.storage.open(path, OpenMode::ReadWrite).await?;
+            f.truncate(data_bytes).await?;
+            f.fdatasync().await
+        };
+        if let Err(e) = trimmed.await {
+            tracing::warn!(partition = %self.id, path = ?path, error = %e, "cannot trim a sealed segment");
+        }
+        Ok(true)
     }
 
     /// Recovers the active segment from the checkpoint position (or its start).
@@ -315,17 +349,21 @@ impl<S: Storage> Ctx<'_, S> {
     }
 
     /// Zero-fills what a crashed round may have left past the end of the log (so no batch it
-    /// wrote can ever be mistaken for a later append), keeping the bytes before it. Returns
-    /// the bytes of the partial last page. In a salted segment only a batch of this segment
-    /// there needs cutting: the earlier life's bytes past the end stay as they are, so a
-    /// clean restart writes nothing.
+    /// wrote can ever be mistaken for a later append), keeping the bytes before it (the caller
+    /// fdatasyncs: `sync_recovered`). Returns
+    /// the bytes of the partial last page and the file's size after the cut. In a salted
+    /// segment only a batch of this segment there needs cutting: the earlier life's bytes
+    /// past the end stay as they are, so a clean restart writes nothing. When zeroing the
+    /// zone would need space the disk lacks (it reaches past an unaligned end of file), the
+    /// file is truncated at the end of the log instead: that needs none, and only gives up
+    /// blocks written ahead of the writer.
     async fn cut_tail(
         &self,
         (file, salt): (&S::File, u32),
         path: &Path,
         (end_pos, end_offset): (u64, u64),
         file_bytes: u64,
-    ) -> Result<Vec<u8>> {
+    ) -> Result<(Vec<u8>, u64)> {
         let page_pos = align_down(end_pos);
         let page = file
             .read_at(page_pos, (end_pos - page_pos) as usize)
@@ -346,8 +384,56 @@ impl<S: Storage> Ctx<'_, S> {
                 .await?
         };
         if clean {
-            return Ok(page.to_vec());
+            return Ok((page.to_vec(), file_bytes));
         }
+        let file_bytes = match self
+            .zero_torn_zone(file, path, &page, end_pos, zone_end)
+            .await
+        {
+            Ok(()) => file_bytes,
+            Err(EngineError::NoSpace { .. }) => {
+                tracing::warn!(partition = %self.id, path = ?path, end_pos, "no space to zero the torn tail: truncated there");
+                file.truncate(end_pos)
+                    .await
+                    .map_err(self.io("truncate", path))?;
+                end_pos
+            }
+            Err(e) => return Err(e),
+        };
+        Ok((page.to_vec(), file_bytes))
+    }
+
+    /// Makes what recovery read durable before it is served as durable: after a process
+    /// crash this process can read writes whose fdatasync never finished (the kernel still
+    /// holds them), and a power loss would take them back. The directory too: segment names
+    /// the dead process created may not be durable yet. Also makes a torn-tail cut durable.
+    async fn sync_recovered(&self, file: &S::File, path: &Path) -> Result<()> {
+        file.fdatasync().await.map_err(|source| EngineError::Io {
+            op: "fdatasync",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.storage
+            .sync_dir(self.dir)
+            .await
+            .map_err(|source| EngineError::Io {
+                op: "fsync dir",
+                path: self.dir.to_path_buf(),
+                source,
+            })
+    }
+
+    /// Writes zeros from the page holding `end_pos` up to `zone_end`, keeping that page's
+    /// bytes before `end_pos` (`page`).
+    async fn zero_torn_zone(
+        &self,
+        file: &S::File,
+        path: &Path,
+        page: &[u8],
+        end_pos: u64,
+        zone_end: u64,
+    ) -> Result<()> {
+        let page_pos = align_down(end_pos);
         let mut pos = page_pos;
         while pos < zone_end {
             let n = (zone_end - pos).min(IO_REQUEST_BYTES_MAX as u64) as usize;
@@ -355,15 +441,14 @@ impl<S: Storage> Ctx<'_, S> {
             let bytes = buf.as_bytes_mut();
             bytes.fill(0);
             if pos == page_pos {
-                bytes[..page.len()].copy_from_slice(&page);
+                bytes[..page.len()].copy_from_slice(page);
             }
             file.write_at(Rc::new(buf), pos)
                 .await
                 .map_err(self.io("write", path))?;
             pos += n as u64;
         }
-        file.fdatasync().await.map_err(self.io("fdatasync", path))?;
-        Ok(page.to_vec())
+        Ok(())
     }
 
     /// Whether synced data of this segment lies past the torn zone that follows the scan's
@@ -476,7 +561,8 @@ impl<S: Storage> Ctx<'_, S> {
             return self.faulted(segments, producers, fault);
         }
         producers.retain_below(segments.back().map_or(0, |s| s.next_offset));
-        let last_page = self.cut_tail((&file, salt), &path, end, file_bytes).await?;
+        let (last_page, file_bytes) = self.cut_tail((&file, salt), &path, end, file_bytes).await?;
+        self.sync_recovered(&file, &path).await?;
         Ok(Recovered {
             segments,
             producers,
@@ -501,7 +587,6 @@ impl<S: Storage> Ctx<'_, S> {
             }
             .to_string(),
             reads_refused: true,
-            no_space: None,
         })
     }
 
@@ -627,8 +712,10 @@ impl<S: Storage> Partition<S> {
         };
         let healthy = recovered.fault.is_none();
         let partition = Self::assemble(id, dir, config, storage, zero_fill, rounds, recovered);
-        if healthy {
-            partition.write_checkpoint().await?;
+        if healthy && let Err(e) = partition.write_checkpoint().await {
+            // Recovery is correct without it (the next one scans from the previous one), and
+            // failing the open here would keep a full disk full: retention never runs.
+            tracing::warn!(partition = %partition.id, error = %e, "no checkpoint after recovery");
         }
         Ok(partition)
     }
@@ -657,10 +744,15 @@ impl<S: Storage> Partition<S> {
             flusher_running: false,
             roll_wanted: false,
             fault: r.fault,
+            out_of_space: None,
+            out_of_space_failures: 0,
+            unwritten_round: None,
             closed: false,
             producers: r.producers,
             allocated_to: r.allocated_to,
             zeroing: None,
+            zero_fill_syncing: false,
+            zero_fills_ended: 0,
             last_round_bytes: 0,
             checkpoint_running: false,
             retiring: false,

@@ -7,7 +7,9 @@
 //! rest left old, zeroed or garbage (bytes a write rewrites with identical content are never
 //! damaged, as on a sector-atomic device); and a random prefix of the directory operations issued
 //! since the last directory sync. Simplification: `sync_dir` makes every pending directory
-//! operation durable (not only that directory's).
+//! operation durable (not only that directory's). A failed fdatasync (`fail_fsync_in`) loses
+//! the writes pending on that file, as Linux may: a later successful fdatasync makes only
+//! writes issued after the failure durable.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -80,6 +82,15 @@ struct SimState {
     fail_fsync_at: Option<u64>,
     capacity_bytes: Option<u64>,
     now_ms: i64,
+    slow_writes: Option<SlowWrites>,
+}
+
+/// A slow region of one file (see [`SimStorage::slow_writes_from`]).
+#[derive(Debug, Clone, Copy)]
+struct SlowWrites {
+    file_id: u64,
+    from_pos: u64,
+    yields: u32,
 }
 
 impl SimState {
@@ -203,6 +214,20 @@ impl SimState {
     }
 }
 
+/// Applies a file operation completely (no tear).
+fn apply_whole_op(image: &mut Vec<u8>, op: &FileOp) {
+    match op {
+        FileOp::Truncate(len) => image.resize(*len as usize, 0),
+        FileOp::Write { pos, data } => {
+            let (start, end) = (*pos as usize, *pos as usize + data.len());
+            if image.len() < end {
+                image.resize(end, 0);
+            }
+            image[start..end].copy_from_slice(data);
+        }
+    }
+}
+
 fn apply_name_op(names: &mut BTreeMap<PathBuf, u64>, op: &NameOp) {
     match op {
         NameOp::Link(path, id) => {
@@ -243,6 +268,7 @@ impl SimStorage {
             fail_fsync_at: None,
             capacity_bytes: config.capacity_bytes,
             now_ms: config.start_ms,
+            slow_writes: None,
         };
         SimStorage {
             state: Rc::new(RefCell::new(state)),
@@ -265,16 +291,45 @@ impl SimStorage {
         self.state.borrow().crashed
     }
 
+    /// Ends a process death (see [`SimStorage::crash_at_op`]) without power loss: the kernel
+    /// kept everything the dead process wrote, so the next one sees its writes and directory
+    /// changes, synced or not, while a later [`SimStorage::crash`] keeps only what was made
+    /// durable. Clears the crash point.
+    pub fn restart_process(&self) {
+        let mut s = self.state.borrow_mut();
+        s.crashed = false;
+        s.crash_at_op = None;
+    }
+
     /// Simulates power loss: keeps only durable data plus a random, possibly torn, prefix of
     /// unsynced writes and directory operations. Clears the crash point and injected faults.
     pub fn crash(&self) {
         self.state.borrow_mut().apply_crash();
     }
 
-    /// Makes the `n`-th fdatasync from now (1-based) fail with EIO.
+    /// Makes the `n`-th fdatasync from now (1-based) fail with EIO. The writes pending on that
+    /// file at that point are lost (reads still see them until a crash): no later fdatasync
+    /// makes them durable.
     pub fn fail_fsync_in(&self, n: u64) {
         let mut s = self.state.borrow_mut();
         s.fail_fsync_at = Some(s.fsyncs + n);
+    }
+
+    /// Makes every write to `path` that starts at or past byte `from_pos` wait `yields` extra
+    /// executor turns before it lands (a slow region of the device), so a test can order a
+    /// background write after later foreground work. One region at a time; `yields == 0`
+    /// removes it. Returns false if the file does not exist.
+    pub fn slow_writes_from(&self, path: &Path, from_pos: u64, yields: u32) -> bool {
+        let mut s = self.state.borrow_mut();
+        let Some(file_id) = s.names.get(path).copied() else {
+            return false;
+        };
+        s.slow_writes = (yields > 0).then_some(SlowWrites {
+            file_id,
+            from_pos,
+            yields,
+        });
+        true
     }
 
     /// Sets the file system's capacity in bytes (`None`: unlimited).
@@ -373,6 +428,12 @@ impl StorageFile for SimFileHandle {
 
     async fn write_at(&self, buf: Rc<SimBuffer>, pos: u64) -> io::Result<()> {
         crate::notify::yield_once().await;
+        let slow = self.state.borrow().slow_writes;
+        if let Some(slow) = slow.filter(|w| w.file_id == self.id && pos >= w.from_pos) {
+            for _ in 0..slow.yields {
+                crate::notify::yield_once().await;
+            }
+        }
         let mut s = self.state.borrow_mut();
         s.op()?;
         assert!(self.writable, "write to a read-only sim file");
@@ -413,13 +474,21 @@ impl StorageFile for SimFileHandle {
         let mut s = self.state.borrow_mut();
         s.op()?;
         s.fsyncs += 1;
-        if s.fail_fsync_at.is_some_and(|at| s.fsyncs >= at) {
+        let failed = s.fail_fsync_at.is_some_and(|at| s.fsyncs >= at);
+        if failed {
             s.fail_fsync_at = None;
-            return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         let file = s.file(self.id)?;
-        file.durable = file.current.clone();
-        file.pending.clear();
+        let pending = std::mem::take(&mut file.pending);
+        if failed {
+            // Linux marks the pages of a failed writeback clean: no later fsync writes them
+            // again. The worst case is modelled: every write pending here is lost, though
+            // reads still see it (`current`) until a crash.
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        for op in &pending {
+            apply_whole_op(&mut file.durable, op);
+        }
         Ok(())
     }
 
@@ -575,5 +644,49 @@ impl Storage for SimStorage {
 
     fn random_u32(&self) -> io::Result<u32> {
         Ok(self.state.borrow_mut().next_u64() as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(byte: u8) -> Rc<SimBuffer> {
+        Rc::new(SimBuffer(vec![byte; 4096]))
+    }
+
+    #[test]
+    fn writes_pending_at_a_failed_fdatasync_never_become_durable() {
+        let sim = SimStorage::new(SimConfig::default());
+        let path = Path::new("/d/f");
+        futures_lite::future::block_on(async {
+            sim.create_dir_all(Path::new("/d")).await.unwrap();
+            let f = sim.open(path, OpenMode::CreateTruncate).await.unwrap();
+            sim.sync_dir(Path::new("/d")).await.unwrap();
+            f.write_at(page(1), 0).await.unwrap();
+            f.fdatasync().await.unwrap();
+            f.write_at(page(2), 4096).await.unwrap();
+            sim.fail_fsync_in(1);
+            assert!(f.fdatasync().await.is_err());
+            f.write_at(page(3), 8192).await.unwrap();
+            f.fdatasync().await.unwrap();
+        });
+        let seen = sim.file_contents(path).unwrap();
+        assert_eq!(
+            seen[4096], 2,
+            "reads still see the lost write before a crash"
+        );
+        sim.crash();
+        let kept = sim.file_contents(path).unwrap();
+        assert_eq!(kept.len(), 3 * 4096);
+        assert!(kept[..4096].iter().all(|b| *b == 1));
+        assert!(
+            kept[4096..8192].iter().all(|b| *b == 0),
+            "lost at the failed sync"
+        );
+        assert!(
+            kept[8192..].iter().all(|b| *b == 3),
+            "durable after the later sync"
+        );
     }
 }
