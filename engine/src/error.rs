@@ -121,6 +121,24 @@ pub enum EngineError {
         #[source]
         source: io::Error,
     },
+    /// A batch was appended (its offsets assigned, its bytes buffered) but could not be made
+    /// durable because the file system is full. It is not lost: it is written once space is
+    /// freed, and a retry with the same producer id and sequence gets these offsets.
+    #[error(
+        "{partition}: batch appended at offsets {base_offset}..{end_offset} but not durable: {op} {path:?}: no space left on device; it is written once space is freed"
+    )]
+    AppendedNotDurable {
+        /// Partition.
+        partition: PartitionId,
+        /// The batch's first offset.
+        base_offset: u64,
+        /// Offset after its last record.
+        end_offset: u64,
+        /// Operation that failed.
+        op: &'static str,
+        /// File.
+        path: PathBuf,
+    },
     /// The file system is full.
     #[error("{op} {path:?}: no space left on device")]
     NoSpace {

@@ -250,7 +250,10 @@ pub fn engine_error_code(error: &EngineError) -> Code {
         }
         EngineError::PartitionNotFound { .. } => Code::NOT_FOUND,
         EngineError::Format(_) => Code::INVALID_ARGUMENT,
-        EngineError::NoSpace { .. } => Code::RESOURCE_EXHAUSTED,
+        EngineError::NoSpace { .. } | EngineError::AppendedNotDurable { .. } => {
+            Code::RESOURCE_EXHAUSTED
+        }
+        EngineError::TooManyHeaders { .. } => Code::INVALID_ARGUMENT,
         EngineError::Closed { .. } => Code::UNAVAILABLE,
         _ => Code::INTERNAL,
     }

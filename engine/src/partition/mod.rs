@@ -303,7 +303,11 @@ impl<S: Storage> Partition<S> {
                         drop(ticket);
                         if ack == AckLevel::Durable {
                             let end = appended.base_offset + u64::from(appended.record_count);
-                            self.wait_durable(end, space_failures_seen).await?;
+                            self.wait_durable(end, space_failures_seen)
+                                .await
+                                .map_err(|error| {
+                                    self.not_durable(error, appended.base_offset, end)
+                                })?;
                         }
                         return Ok(appended);
                     }
@@ -312,6 +316,21 @@ impl<S: Storage> Partition<S> {
                 }
             }
             wait.await;
+        }
+    }
+
+    /// A full disk while an appended batch waited to be durable: say that it was appended
+    /// (the client must not take it for refused, nothing written).
+    fn not_durable(&self, error: EngineError, base_offset: u64, end_offset: u64) -> EngineError {
+        match error {
+            EngineError::NoSpace { op, path } => EngineError::AppendedNotDurable {
+                partition: self.id.clone(),
+                base_offset,
+                end_offset,
+                op,
+                path,
+            },
+            other => other,
         }
     }
 
