@@ -295,7 +295,8 @@ pub struct LimitsConfig {
     pub cross_core_inflight_max: usize,
     /// Produce requests a ProduceStream/Append call keeps in flight.
     pub stream_inflight_max: usize,
-    /// Record bytes of produces a shard has accepted and not yet answered; beyond it a
+    /// Memory held by produces a shard has accepted and not yet answered (record bytes plus
+    /// each record's and header's in-memory struct); beyond it a
     /// produce is refused UNAVAILABLE with nothing written (load shedding, not buffering).
     pub produce_inflight_bytes_max: usize,
     /// Produce requests a shard has accepted and not yet answered; beyond it a produce is

@@ -238,8 +238,8 @@ struct PreparedProduce {
     _admission: ProduceAdmission,
 }
 
-/// A produce's share of the shard's in-flight budgets (one request, its record
-/// bytes), returned when the produce is answered (or dropped).
+/// A produce's share of the shard's in-flight budgets (one request, the memory
+/// it holds), returned when the produce is answered (or dropped).
 struct ProduceAdmission {
     shard: Rc<ShardContext>,
     bytes: usize,
@@ -343,7 +343,7 @@ fn prepare_produce(
     }
     let Some(owner) = owner else {
         return Err(Status::new(
-            Code::INVALID_ARGUMENT,
+            Code::NOT_FOUND,
             format!(
                 "partition {partition} out of range: topic {topic:?} has {partition_count} partitions"
             ),
@@ -362,7 +362,7 @@ fn prepare_produce(
     };
     let (records, record_bytes) =
         convert_records(request.records, limits.record_bytes_max, &topic, partition)?;
-    let admission = ProduceAdmission::take(shard, record_bytes)?;
+    let admission = ProduceAdmission::take(shard, memory_held_bytes(&records, record_bytes))?;
     Ok(PreparedProduce {
         owner,
         topic: topic.clone(),
@@ -399,6 +399,13 @@ fn producer_identity(
             sequence,
         })),
     }
+}
+
+/// Memory a produce holds until it is answered: the records' bytes and their structs (a batch
+/// of many empty records holds megabytes that its record bytes would not show).
+fn memory_held_bytes(records: &[Record], record_bytes: usize) -> usize {
+    let headers: usize = records.iter().map(|record| record.headers.len()).sum();
+    record_bytes + std::mem::size_of_val(records) + headers * std::mem::size_of::<Header>()
 }
 
 /// Converts the request's records to the engine's (same `Bytes`, no copy),
@@ -765,7 +772,7 @@ fn read_target(shard: &ShardContext, topic: &str, partition: u32) -> Result<usiz
         shard.with_topic(topic, |meta| (meta.owner(partition), meta.partition_count))?;
     owner.ok_or_else(|| {
         Status::new(
-            Code::INVALID_ARGUMENT,
+            Code::NOT_FOUND,
             format!(
                 "partition {partition} out of range: topic {topic:?} has {partition_count} partitions"
             ),
@@ -1030,6 +1037,16 @@ mod tests {
                 value: Bytes::from(vec![b'h'; value_bytes]),
             }],
         }
+    }
+
+    #[test]
+    fn a_produce_of_empty_records_is_charged_for_their_structs() {
+        let empty = pb::Record::default();
+        let records = vec![empty; 1000];
+        let (converted, record_bytes) = convert_records(records, 1024, "t", 0).expect("valid");
+        assert_eq!(record_bytes, 0);
+        let held = memory_held_bytes(&converted, record_bytes);
+        assert!(held >= 1000 * std::mem::size_of::<Record>(), "{held}");
     }
 
     #[test]

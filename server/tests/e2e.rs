@@ -282,7 +282,7 @@ fn produce_errors_name_what_is_wrong() {
         assert!(message.contains("empty"), "{message}");
         let message = expect_code(
             log.produce(produce_to("t", 7, vec![record(b"x")])).await,
-            Code::INVALID_ARGUMENT,
+            Code::NOT_FOUND,
         );
         assert!(message.contains("partition 7"), "{message}");
         let huge = record(&vec![0u8; (1 << 20) + 1]);
@@ -290,7 +290,7 @@ fn produce_errors_name_what_is_wrong() {
             log.produce(produce_to("t", 0, vec![huge])).await,
             Code::RESOURCE_EXHAUSTED,
         );
-        expect_code(log.fetch("t", 9, 0).await, Code::INVALID_ARGUMENT);
+        expect_code(log.fetch("t", 9, 0).await, Code::NOT_FOUND);
         expect_code(log.fetch("missing", 0, 0).await, Code::NOT_FOUND);
         let message = expect_code(log.fetch("t", 0, 5).await, Code::OUT_OF_RANGE);
         assert!(message.contains("t/0"), "{message}");
@@ -643,7 +643,7 @@ fn append_refused_midway_names_what_it_wrote() {
             .await
             .expect("send");
         sink.finish().expect("finish");
-        let message = expect_code(summary.response().await, Code::INVALID_ARGUMENT);
+        let message = expect_code(summary.response().await, Code::NOT_FOUND);
         assert!(
             message.contains("request 3")
                 && message.contains("3 requests (3 records): ingest/0 offsets 0-2"),

@@ -728,7 +728,7 @@ async fn inject(
                 soak,
                 "partition out of range",
                 log.produce(bad_partition).await,
-                Code::INVALID_ARGUMENT,
+                Code::NOT_FOUND,
             );
             let empty = produce_to(TOPIC_FAULTS, 0, Vec::new());
             expect_status(
