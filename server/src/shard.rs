@@ -273,14 +273,12 @@ impl ShardContext {
                 self.read(&topic, partition, limits, wait, quota.as_ref())
                     .await
             }
-            Op::Describe { topic, partition } => {
-                let target = self.local_partition(&topic, partition)?;
-                Ok(Reply::Described(PartitionState {
-                    offsets: target.offsets(),
-                    size_bytes: target.size_bytes(),
-                    fault: target.fault(),
-                }))
-            }
+            Op::Describe { topic, partitions } => Ok(Reply::Described(
+                partitions
+                    .into_iter()
+                    .map(|partition| (partition, self.partition_state(&topic, partition)))
+                    .collect(),
+            )),
             Op::OpenPartitions {
                 topic,
                 partitions,
@@ -327,6 +325,16 @@ impl ShardContext {
             } => Ok(Reply::Committed(self.groups.get(&group, &topic, partition))),
             Op::Metrics => Ok(Reply::Metrics(crate::metrics::render_shard(&self))),
         }
+    }
+
+    /// Offsets, size and fault of a partition owned here.
+    fn partition_state(&self, topic: &str, partition: u32) -> Result<PartitionState, Failure> {
+        let target = self.local_partition(topic, partition)?;
+        Ok(PartitionState {
+            offsets: target.offsets(),
+            size_bytes: target.size_bytes(),
+            fault: target.fault(),
+        })
     }
 
     /// A partition owned here. A faulted partition is still returned: the

@@ -840,3 +840,83 @@ fn cancelled_long_polls_on_another_shard_do_not_pile_up_there() {
         }
     });
 }
+
+#[test]
+fn describe_topic_makes_one_call_per_shard_and_never_reports_a_refusal_as_ok() {
+    const PARTITIONS: u32 = 64;
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    // One call in flight per shard: a fan-out per partition cannot fit.
+    let (_dir, config) = config_file("[limits]\ncross_core_inflight_max = 1\n");
+    let server =
+        TestServer::start_with(2, &["--config", &config, "--metrics-listen", &metrics_addr]);
+    let addr = server.addr;
+    let refused = "shardlog_cross_core_refused_total";
+    let (description, ends) = block_on(move || async move {
+        let log = Log::connect(addr).await;
+        log.create_topic("wide", PARTITIONS).await.expect("create");
+        // Partition p holds p % 3 records, so every partition's end is known.
+        let mut ends = Vec::new();
+        for partition in 0..PARTITIONS {
+            let records = (0..partition % 3).map(|_| common::record(b"r")).collect();
+            if partition % 3 > 0 {
+                log.produce(produce_to("wide", partition, records))
+                    .await
+                    .expect("produce");
+            }
+            ends.push(u64::from(partition % 3));
+        }
+        let description = log.describe("wide").await.expect("describe");
+        (description, ends)
+    });
+    let offsets: Vec<(u32, u64, u64, String)> = description
+        .partitions
+        .iter()
+        .map(|p| {
+            (
+                p.partition,
+                p.log_end_offset,
+                p.durable_offset,
+                p.fault.clone(),
+            )
+        })
+        .collect();
+    let expected: Vec<(u32, u64, u64, String)> = (0..PARTITIONS)
+        .map(|p| (p, ends[p as usize], ends[p as usize], String::new()))
+        .collect();
+    assert_eq!(
+        offsets, expected,
+        "every partition described from its owner"
+    );
+    assert_eq!(
+        shard_metric_sum(&metrics_addr, refused),
+        0,
+        "a describe alone sheds nothing"
+    );
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        // Concurrent describes on one connection contend for the single
+        // slot: each is either complete or UNAVAILABLE, never a partial OK.
+        let describes = (0..8).map(|_| log.describe("wide"));
+        for result in futures_util::future::join_all(describes).await {
+            match result {
+                Ok(description) => {
+                    assert_eq!(description.partitions.len(), PARTITIONS as usize);
+                    for partition in &description.partitions {
+                        assert_eq!(partition.fault, "", "{partition:?}");
+                        assert_eq!(
+                            partition.log_end_offset,
+                            u64::from(partition.partition % 3),
+                            "{partition:?}"
+                        );
+                    }
+                }
+                Err(status) => assert_eq!(status.code(), shardlog_wire::Code::UNAVAILABLE),
+            }
+        }
+    });
+}
