@@ -5,7 +5,10 @@
 //! Each ordered pair of shards has its own bounded SPSC queue (no lock shared
 //! across cores). A shard keeps at most `inflight_max` calls waiting on other
 //! shards; beyond that, and when a peer's queue stays full, a call is refused
-//! `UNAVAILABLE` before anything is written. We measured this mesh against
+//! `UNAVAILABLE` before anything is written. A call keeps its slot until the
+//! owner replies, even when its caller went away (the owner learns of that
+//! through [`CallerGone`] and cuts long waits short), and an owner runs at
+//! most `inflight_max` data-path calls per peer for others. We measured this mesh against
 //! `flume` for the hop (benches/benches/crosscore.rs, docs/architecture.md)
 //! and kept the mesh for its lower tail.
 
@@ -51,6 +54,8 @@ pub enum Envelope {
         id: u64,
         /// Past this instant the owner drops the call unexecuted.
         deadline: Option<Instant>,
+        /// Resolves once the caller has gone away.
+        caller_gone: CallerGone,
         /// What to do.
         op: Op,
     },
@@ -65,8 +70,36 @@ pub enum Envelope {
 
 /// Executes an op on this shard (the same code serves local and remote
 /// calls).
-pub type Executor =
-    Rc<dyn Fn(Op, Option<Instant>) -> Pin<Box<dyn Future<Output = Result<Reply, Failure>>>>>;
+pub type Executor = Rc<
+    dyn Fn(
+        Op,
+        Option<Instant>,
+        CallerGone,
+    ) -> Pin<Box<dyn Future<Output = Result<Reply, Failure>>>>,
+>;
+
+/// Tells the shard running a call whether its caller is still there. The
+/// caller's side is a oneshot sender that is never sent on: dropping it (the
+/// call ended or was dropped) resolves [`CallerGone::wait`] on the owner.
+pub struct CallerGone(Option<oneshot::Receiver<()>>);
+
+impl CallerGone {
+    /// For a call on the caller's own shard: dropping the caller drops the op
+    /// itself, so there is nothing to watch.
+    pub fn never() -> Self {
+        Self(None)
+    }
+
+    /// Completes once the caller has gone away; never for [`Self::never`].
+    pub async fn wait(&mut self) {
+        match &mut self.0 {
+            Some(gone) => {
+                let _ = gone.await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
 
 /// This shard's end of the mesh.
 pub struct Mesh {
@@ -83,6 +116,10 @@ pub struct Mesh {
     inflight_max: usize,
     refused_total: Cell<u64>,
     calls_total: Cell<u64>,
+    /// Data-path ops this shard is running for other shards right now.
+    served_running: Cell<usize>,
+    /// Bound on `served_running`: what the peers may have in flight here.
+    served_running_max: usize,
 }
 
 impl Mesh {
@@ -93,6 +130,7 @@ impl Mesh {
         let send_turns = (0..senders.nr_consumers())
             .map(|_| Semaphore::new(1))
             .collect();
+        let peers = senders.nr_consumers().saturating_sub(1).max(1);
         Rc::new(Self {
             shard,
             senders,
@@ -102,10 +140,13 @@ impl Mesh {
             inflight_max,
             refused_total: Cell::new(0),
             calls_total: Cell::new(0),
+            served_running: Cell::new(0),
+            served_running_max: inflight_max.saturating_mul(peers),
         })
     }
 
-    /// Calls waiting for a reply right now.
+    /// Calls waiting for a reply right now, including calls whose caller went
+    /// away: their slot is freed when the owner replies.
     pub fn inflight(&self) -> usize {
         self.pending.borrow().len()
     }
@@ -118,6 +159,11 @@ impl Mesh {
     /// Calls sent to other shards.
     pub fn calls_total(&self) -> u64 {
         self.calls_total.get()
+    }
+
+    /// Data-path ops this shard is running for other shards right now.
+    pub fn served_running(&self) -> usize {
+        self.served_running.get()
     }
 
     /// Runs `op` on shard `target` and returns its reply. Data-path calls
@@ -140,15 +186,24 @@ impl Mesh {
         self.next_id.set(id + 1);
         let (reply_tx, reply_rx) = oneshot::channel();
         self.pending.borrow_mut().insert(id, reply_tx);
-        // Dropping the call (client cancelled) forgets the pending reply.
-        let _forget = PendingGuard { mesh: self, id };
+        let (caller_alive, caller_gone) = oneshot::channel::<()>();
+        // Dropping the call (client cancelled) tells the owner; the slot stays
+        // taken until the owner replies if the request went out.
+        let mut guard = PendingGuard {
+            mesh: self,
+            id,
+            sent: false,
+            _caller_alive: caller_alive,
+        };
         let envelope = Envelope::Request {
             origin: self.shard,
             id,
             deadline,
+            caller_gone: CallerGone(Some(caller_gone)),
             op,
         };
         self.send(target, envelope, admission).await?;
+        guard.sent = true;
         self.calls_total.set(self.calls_total.get() + 1);
         match reply_rx.await {
             Ok(result) => result,
@@ -240,23 +295,51 @@ impl Mesh {
                 origin,
                 id,
                 deadline,
+                caller_gone,
                 op,
             } => {
+                let data_path = !op.is_control_plane();
+                if data_path && self.served_running.get() >= self.served_running_max {
+                    // Never reached while peers keep their own bound; the
+                    // owner does not rely on that.
+                    self.refused_total.set(self.refused_total.get() + 1);
+                    let refusal = Failure::new(
+                        Code::UNAVAILABLE,
+                        format!(
+                            "shard {} runs too many calls for other shards; {NOTHING_WRITTEN}, retry",
+                            self.shard
+                        ),
+                    );
+                    self.reply(origin, id, Err(refusal));
+                    return;
+                }
                 // Spawned in arrival order: glommio runs tasks FIFO, so calls
                 // from one origin start (and take offsets) in the order sent.
                 let mesh = self.clone();
-                let run = executor(op, deadline);
+                let running = data_path.then(|| ServedGuard::new(self.clone()));
+                let run = executor(op, deadline, caller_gone);
                 glommio::spawn_local(async move {
                     let result = run.await;
-                    // A closed origin is shutting down; its caller is gone.
-                    let _ = mesh
-                        .senders
-                        .send_to(origin, Envelope::Reply { id, result })
-                        .await;
+                    drop(running);
+                    mesh.send_reply(origin, id, result).await;
                 })
                 .detach();
             }
         }
+    }
+
+    /// Sends a reply from a task of its own (the queue may be full).
+    fn reply(self: &Rc<Self>, origin: usize, id: u64, result: Result<Reply, Failure>) {
+        let mesh = self.clone();
+        glommio::spawn_local(async move { mesh.send_reply(origin, id, result).await }).detach();
+    }
+
+    async fn send_reply(&self, origin: usize, id: u64, result: Result<Reply, Failure>) {
+        // A closed origin is shutting down; its caller is gone.
+        let _ = self
+            .senders
+            .send_to(origin, Envelope::Reply { id, result })
+            .await;
     }
 
     /// Closes this shard's outgoing queues (shutdown).
@@ -265,13 +348,41 @@ impl Mesh {
     }
 }
 
+/// A call's reply slot. Dropped before the request went out, it frees the
+/// slot; after, the slot stays until the owner's reply frees it (see
+/// [`Mesh::complete`]), so callers that vanish cannot push more calls onto the
+/// owners than `inflight_max`. Dropping `_caller_alive` tells the owner.
 struct PendingGuard<'a> {
     mesh: &'a Mesh,
     id: u64,
+    sent: bool,
+    _caller_alive: oneshot::Sender<()>,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.mesh.pending.borrow_mut().remove(&self.id);
+        if !self.sent {
+            self.mesh.pending.borrow_mut().remove(&self.id);
+        }
+    }
+}
+
+/// Counts one data-path op run for another shard while it lives.
+struct ServedGuard {
+    mesh: Rc<Mesh>,
+}
+
+impl ServedGuard {
+    fn new(mesh: Rc<Mesh>) -> Self {
+        mesh.served_running.set(mesh.served_running.get() + 1);
+        Self { mesh }
+    }
+}
+
+impl Drop for ServedGuard {
+    fn drop(&mut self) {
+        self.mesh
+            .served_running
+            .set(self.mesh.served_running.get() - 1);
     }
 }

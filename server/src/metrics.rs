@@ -164,7 +164,7 @@ impl shardlog_wire::server::CallObserver for MetricsObserver {
 }
 
 /// Metric families: name, type, help. Samples are grouped under them.
-const FAMILIES: [(&str, &str, &str); 27] = [
+const FAMILIES: [(&str, &str, &str); 28] = [
     (
         "grpc_requests_total",
         "counter",
@@ -244,6 +244,11 @@ const FAMILIES: [(&str, &str, &str); 27] = [
         "shardlog_cross_core_inflight",
         "gauge",
         "Calls waiting on another shard.",
+    ),
+    (
+        "shardlog_cross_core_served_running",
+        "gauge",
+        "Produces, fetches and other data-path calls this shard runs for other shards.",
     ),
     (
         "shardlog_connections_active",
@@ -466,13 +471,17 @@ pub fn render_shard(shard: &ShardContext) -> String {
     let connections = server.map_or(0, |server| server.active_connections());
     let (refused_total_cap, refused_source_ip_cap) =
         server.map_or((0, 0), |server| server.refused_connections());
-    let shard_counters: [(&str, u64); 7] = [
+    let shard_counters: [(&str, u64); 8] = [
         ("shardlog_connections_active", connections as u64),
         (
             "shardlog_connections_cut_total",
             server.map_or(0, |server| server.connections_cut()),
         ),
         ("shardlog_cross_core_inflight", mesh.inflight() as u64),
+        (
+            "shardlog_cross_core_served_running",
+            mesh.served_running() as u64,
+        ),
         ("shardlog_cross_core_calls_total", mesh.calls_total()),
         ("shardlog_cross_core_refused_total", mesh.refused_total()),
         (

@@ -47,12 +47,13 @@ pub enum Op {
         /// Whose fetch quota it uses, if one applies.
         quota: Option<QuotaTicket>,
     },
-    /// Describe a local partition.
+    /// Describe a topic's partitions owned here (one call per owner, not per
+    /// partition, so a wide topic cannot use up the cross-core bound).
     Describe {
         /// Topic name.
         topic: String,
-        /// Partition number.
-        partition: u32,
+        /// Partition numbers this shard owns.
+        partitions: Vec<u32>,
     },
     /// Create (or open) local partitions of a topic.
     OpenPartitions {
@@ -143,8 +144,9 @@ pub enum Reply {
     Appended(Appended),
     /// Read result with the partition's offsets after the read.
     Read(ReadResult, Offsets),
-    /// Describe result.
-    Described(PartitionState),
+    /// Describe result: each asked partition's state, or why it has none
+    /// (not open on its owner), in the order asked.
+    Described(Vec<(u32, Result<PartitionState, Failure>)>),
     /// A topic's metadata.
     Topic(TopicMeta),
     /// Committed offset and metadata, if any.

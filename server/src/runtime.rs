@@ -358,7 +358,7 @@ async fn run_shard(
 
     let executor: Executor = {
         let shard = shard.clone();
-        Rc::new(move |op, deadline| shard.clone().execute(op, deadline))
+        Rc::new(move |op, deadline, caller_gone| shard.clone().execute(op, deadline, caller_gone))
     };
     let mesh_task = glommio::spawn_local(mesh.clone().serve(receivers, executor)).detach();
     shard.open_owned_partitions().await;

@@ -134,9 +134,21 @@ async fn create_topic(
         },
     };
     match shard.call(CATALOG_SHARD, op, None).await? {
-        Reply::Topic(meta) => Ok(pb::CreateTopicResponse {
-            topic: Some(describe(shard, &meta).await?),
-        }),
+        Reply::Topic(meta) => {
+            // The topic exists by now: a failed description must say so, or
+            // a client retrying the create would meet ALREADY_EXISTS unwarned.
+            let described = describe(shard, &meta).await.map_err(|status| {
+                let (code, message, metadata) = status.into_parts();
+                let message = format!(
+                    "topic {:?} was created; {message}; DescribeTopic to see it",
+                    meta.name
+                );
+                Status::new(code, message).with_metadata(metadata)
+            })?;
+            Ok(pb::CreateTopicResponse {
+                topic: Some(described),
+            })
+        }
         _ => Err(Failure::unexpected_reply("CreateTopic").into()),
     }
 }
@@ -185,38 +197,66 @@ async fn describe_topic(
     })
 }
 
+/// One partition's description; a partition its owner has not open (files
+/// gone at startup) is reported by its `fault`.
+fn describe_partition(
+    partition: u32,
+    owner: usize,
+    state: Result<crate::ops::PartitionState, Failure>,
+) -> pb::PartitionDescription {
+    let mut description = pb::PartitionDescription {
+        partition,
+        owner_shard: owner as u32,
+        ..Default::default()
+    };
+    match state {
+        Ok(state) => {
+            description.log_start_offset = state.offsets.log_start;
+            description.log_end_offset = state.offsets.log_end;
+            description.durable_offset = state.offsets.durable;
+            description.size_bytes = state.size_bytes;
+            description.fault = state.fault.unwrap_or_default();
+        }
+        Err(failure) => description.fault = failure.message,
+    }
+    description
+}
+
+/// Describes a topic with one call per owner shard (at most one per shard,
+/// however many partitions). A call that fails (a refused cross-core call
+/// under load, say) fails the whole description with its code, UNAVAILABLE
+/// for a refusal: an OK answer never carries made-up offsets.
 async fn describe(
     shard: &Rc<ShardContext>,
     meta: &TopicMeta,
 ) -> Result<pb::TopicDescription, Status> {
-    let calls = (0..meta.partition_count).map(|partition| {
+    let mut by_owner: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+    for partition in 0..meta.partition_count {
         let owner = meta.owner(partition).unwrap_or(0);
+        by_owner.entry(owner).or_default().push(partition);
+    }
+    let calls = by_owner.into_iter().map(|(owner, partitions)| {
         let op = Op::Describe {
             topic: meta.name.clone(),
-            partition,
+            partitions,
         };
-        async move { (partition, owner, shard.call(owner, op, None).await) }
+        async move { (owner, shard.call(owner, op, None).await) }
     });
     let mut partitions = Vec::with_capacity(meta.partition_count as usize);
-    for (partition, owner, result) in futures_util::future::join_all(calls).await {
-        let mut description = pb::PartitionDescription {
-            partition,
-            owner_shard: owner as u32,
-            ..Default::default()
-        };
-        match result {
-            Ok(Reply::Described(state)) => {
-                description.log_start_offset = state.offsets.log_start;
-                description.log_end_offset = state.offsets.log_end;
-                description.durable_offset = state.offsets.durable;
-                description.size_bytes = state.size_bytes;
-                description.fault = state.fault.unwrap_or_default();
-            }
+    for (owner, result) in futures_util::future::join_all(calls).await {
+        let states = match result {
+            Ok(Reply::Described(states)) => states,
             Ok(_) => return Err(Failure::unexpected_reply("Describe").into()),
-            Err(failure) => description.fault = failure.message,
+            Err(failure) => {
+                let message = format!("describe {:?}: {}", meta.name, failure.message);
+                return Err(Failure { message, ..failure }.into());
+            }
+        };
+        for (partition, state) in states {
+            partitions.push(describe_partition(partition, owner, state));
         }
-        partitions.push(description);
     }
+    partitions.sort_by_key(|description| description.partition);
     Ok(pb::TopicDescription {
         name: meta.name.clone(),
         partition_count: meta.partition_count,

@@ -22,7 +22,7 @@ use tracing::{error, info, warn};
 use crate::catalog::{self, Catalog, TopicMeta, TopicRetention};
 use crate::config::Config;
 use crate::groups::{CommittedOffset, GroupStore, group_owner};
-use crate::mesh::{Admission, Mesh};
+use crate::mesh::{Admission, CallerGone, Mesh};
 use crate::metrics::ShardMetrics;
 use crate::ops::{Failure, Op, PartitionState, Reply, engine_error_code};
 use crate::security::quota::{QuotaKind, QuotaTicket};
@@ -169,7 +169,7 @@ impl ShardContext {
             if runs_to_completion(&op) {
                 return self.clone().run_detached(op, deadline).await;
             }
-            return self.clone().run(op, deadline).await;
+            return self.clone().run(op, deadline, CallerGone::never()).await;
         }
         let admission = if op.is_control_plane() {
             Admission::Wait
@@ -204,7 +204,7 @@ impl ShardContext {
         op: Op,
         deadline: Option<Instant>,
     ) -> Result<Reply, Failure> {
-        let task = glommio::spawn_local(self.run(op, deadline)).detach();
+        let task = glommio::spawn_local(self.run(op, deadline, CallerGone::never())).detach();
         task.await.unwrap_or_else(|| {
             Err(Failure::new(
                 Code::UNAVAILABLE,
@@ -214,12 +214,23 @@ impl ShardContext {
     }
 
     /// Executes an op on this shard, boxed so the mesh can spawn it.
-    pub fn execute(self: Rc<Self>, op: Op, deadline: Option<Instant>) -> OpFuture {
-        Box::pin(self.run(op, deadline))
+    /// `caller_gone` cuts a long-poll read short once the caller has gone.
+    pub fn execute(
+        self: Rc<Self>,
+        op: Op,
+        deadline: Option<Instant>,
+        caller_gone: CallerGone,
+    ) -> OpFuture {
+        Box::pin(self.run(op, deadline, caller_gone))
     }
 
     /// Executes an op on this shard.
-    async fn run(self: Rc<Self>, op: Op, deadline: Option<Instant>) -> Result<Reply, Failure> {
+    async fn run(
+        self: Rc<Self>,
+        op: Op,
+        deadline: Option<Instant>,
+        caller_gone: CallerGone,
+    ) -> Result<Reply, Failure> {
         if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
             return Err(Failure::new(
                 Code::DEADLINE_EXCEEDED,
@@ -254,17 +265,20 @@ impl ShardContext {
                 wait_ms,
                 quota,
             } => {
-                let read = self.read(&topic, partition, offset, limits, wait_ms, quota.as_ref());
-                read.await
+                let wait = RecordsWait {
+                    offset,
+                    wait_ms,
+                    caller_gone,
+                };
+                self.read(&topic, partition, limits, wait, quota.as_ref())
+                    .await
             }
-            Op::Describe { topic, partition } => {
-                let target = self.local_partition(&topic, partition)?;
-                Ok(Reply::Described(PartitionState {
-                    offsets: target.offsets(),
-                    size_bytes: target.size_bytes(),
-                    fault: target.fault(),
-                }))
-            }
+            Op::Describe { topic, partitions } => Ok(Reply::Described(
+                partitions
+                    .into_iter()
+                    .map(|partition| (partition, self.partition_state(&topic, partition)))
+                    .collect(),
+            )),
             Op::OpenPartitions {
                 topic,
                 partitions,
@@ -313,6 +327,16 @@ impl ShardContext {
         }
     }
 
+    /// Offsets, size and fault of a partition owned here.
+    fn partition_state(&self, topic: &str, partition: u32) -> Result<PartitionState, Failure> {
+        let target = self.local_partition(topic, partition)?;
+        Ok(PartitionState {
+            offsets: target.offsets(),
+            size_bytes: target.size_bytes(),
+            fault: target.fault(),
+        })
+    }
+
     /// A partition owned here. A faulted partition is still returned: the
     /// engine decides what it refuses (writes after a storage failure, with
     /// RESOURCE_EXHAUSTED for a full disk and INTERNAL otherwise; reads only
@@ -338,11 +362,11 @@ impl ShardContext {
         &self,
         topic: &str,
         partition: u32,
-        offset: u64,
         limits: shardlog_engine::ReadLimits,
-        wait_ms: u64,
+        wait: RecordsWait,
         quota: Option<&QuotaTicket>,
     ) -> Result<Reply, Failure> {
+        let offset = wait.offset;
         let target = self.local_partition(topic, partition)?;
         if let Some(ticket) = quota {
             // The answer's size is unknown until read: admit unless in debt,
@@ -363,23 +387,8 @@ impl ShardContext {
                 ),
             ));
         }
-        if wait_ms > 0 && offset >= offsets.durable {
-            let wait = target.wait_for_durable_beyond(offset);
-            let timeout = glommio::timer::sleep(Duration::from_millis(wait_ms));
-            // A faulted or closed partition ends the wait with an error: nothing will become
-            // durable there, and answering "no records yet" would make a tailing reader
-            // retry at once, forever.
-            futures_lite::future::or(wait, async {
-                timeout.await;
-                Ok(())
-            })
-            .await
-            .map_err(|error| {
-                Failure::new(
-                    engine_error_code(&error),
-                    format!("waiting for records at offset {offset}: {error}"),
-                )
-            })?;
+        if wait.wait_ms > 0 && offset >= offsets.durable {
+            wait.until_durable(&target, topic, partition).await?;
         }
         let result = target.read(offset, limits).await?;
         if let Some(ticket) = quota {
@@ -575,6 +584,52 @@ impl ShardContext {
         self.call(owner, Op::CommitOffset { group, entry }, None)
             .await
             .map(|_| ())
+    }
+}
+
+/// How long a read may wait for records at `offset`, and for whom.
+struct RecordsWait {
+    offset: u64,
+    wait_ms: u64,
+    caller_gone: CallerGone,
+}
+
+impl RecordsWait {
+    /// Waits until a record at `offset` is durable, `wait_ms` passed, or the
+    /// caller went away (a cancelled long poll from another shard must not
+    /// hold a task and a timer here for the rest of its wait).
+    async fn until_durable(
+        mut self,
+        target: &shardlog_engine::Partition<ServerStorage>,
+        topic: &str,
+        partition: u32,
+    ) -> Result<(), Failure> {
+        let offset = self.offset;
+        let durable = target.wait_for_durable_beyond(offset);
+        let timeout = glommio::timer::sleep(Duration::from_millis(self.wait_ms));
+        // A faulted or closed partition ends the wait with an error: nothing will become
+        // durable there, and answering "no records yet" would make a tailing reader
+        // retry at once, forever.
+        let waited = futures_lite::future::or(durable, async {
+            timeout.await;
+            Ok(())
+        });
+        let gone = async {
+            self.caller_gone.wait().await;
+            Err(Failure::new(
+                Code::CANCELLED,
+                format!("read of {topic}/{partition} at offset {offset}: the caller went away"),
+            ))
+        };
+        let waited = async {
+            waited.await.map_err(|error| {
+                Failure::new(
+                    engine_error_code(&error),
+                    format!("waiting for records at offset {offset}: {error}"),
+                )
+            })
+        };
+        futures_lite::future::or(waited, gone).await
     }
 }
 

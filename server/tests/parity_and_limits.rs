@@ -749,3 +749,174 @@ fn records_made_of_headers_are_fetched_within_the_message_limit() {
         }
     });
 }
+
+/// Sum over shards of one per-shard metric family (the samples labelled
+/// only by shard).
+fn shard_metric_sum(metrics_addr: &str, family: &str) -> u64 {
+    let text = common::http_get(metrics_addr, "/metrics");
+    let prefix = format!("{family}{{shard=\"");
+    text.lines()
+        .filter(|line| line.starts_with(&prefix))
+        .filter_map(|line| line.rsplit_once(' '))
+        .map(|(_, value)| value.trim().parse::<u64>().expect("sample value"))
+        .sum()
+}
+
+/// Polls (at most `POLLS_MAX` times, yielding between polls) until `family`
+/// sums to `want` over the shards; returns the last sum seen.
+async fn await_shard_metric(metrics_addr: &str, family: &str, want: u64) -> u64 {
+    const POLLS_MAX: u32 = 500;
+    let mut seen = shard_metric_sum(metrics_addr, family);
+    for _ in 0..POLLS_MAX {
+        if seen == want {
+            break;
+        }
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+        seen = shard_metric_sum(metrics_addr, family);
+    }
+    seen
+}
+
+#[test]
+fn cancelled_long_polls_on_another_shard_do_not_pile_up_there() {
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let (_dir, config) = config_file("[limits]\ncross_core_inflight_max = 4\n");
+    let server =
+        TestServer::start_with(2, &["--config", &config, "--metrics-listen", &metrics_addr]);
+    let addr = server.addr;
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        // One partition per shard: whichever shard serves this connection,
+        // exactly one of the two partitions is owned by the other one.
+        log.create_topic("idle", 2).await.expect("create");
+        let served = "shardlog_cross_core_served_running";
+        // More cancelled calls than the origin's in-flight bound (4).
+        for round in 0..12 {
+            let polls: Vec<_> = (0..2u32)
+                .map(|partition| {
+                    let log = log.clone();
+                    glommio::spawn_local(async move {
+                        let request = pb::FetchRequest {
+                            topic: "idle".to_owned(),
+                            partition,
+                            offset: 0,
+                            max_wait_ms: 60_000,
+                            ..Default::default()
+                        };
+                        // No deadline: only the RST_STREAM ends the wait.
+                        let _ = log
+                            .channel
+                            .unary::<_, pb::FetchResponse>(
+                                "/shardlog.v1.Log/Fetch",
+                                &request,
+                                CallOptions::default(),
+                            )
+                            .await;
+                    })
+                })
+                .collect();
+            let waiting = await_shard_metric(&metrics_addr, served, 1).await;
+            assert_eq!(waiting, 1, "round {round}: the remote long poll runs");
+            // Dropping the calls resets their streams.
+            drop(polls);
+            let left = await_shard_metric(&metrics_addr, served, 0).await;
+            assert_eq!(
+                left, 0,
+                "round {round}: the cancelled poll ends on its owner"
+            );
+        }
+        let inflight = await_shard_metric(&metrics_addr, "shardlog_cross_core_inflight", 0).await;
+        assert_eq!(inflight, 0, "no cross-core slot stays taken");
+        for partition in 0..2 {
+            log.produce(produce_to("idle", partition, vec![common::record(b"v")]))
+                .await
+                .expect("a produce after the cancelled polls is served, not shed");
+            assert_eq!(log.fetch_all("idle", partition, 0).await.len(), 1);
+        }
+    });
+}
+
+#[test]
+fn describe_topic_makes_one_call_per_shard_and_never_reports_a_refusal_as_ok() {
+    const PARTITIONS: u32 = 64;
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    // One call in flight per shard: a fan-out per partition cannot fit.
+    let (_dir, config) = config_file("[limits]\ncross_core_inflight_max = 1\n");
+    let server =
+        TestServer::start_with(2, &["--config", &config, "--metrics-listen", &metrics_addr]);
+    let addr = server.addr;
+    let refused = "shardlog_cross_core_refused_total";
+    let (description, ends) = block_on(move || async move {
+        let log = Log::connect(addr).await;
+        log.create_topic("wide", PARTITIONS).await.expect("create");
+        // Partition p holds p % 3 records, so every partition's end is known.
+        let mut ends = Vec::new();
+        for partition in 0..PARTITIONS {
+            let records = (0..partition % 3).map(|_| common::record(b"r")).collect();
+            if partition % 3 > 0 {
+                log.produce(produce_to("wide", partition, records))
+                    .await
+                    .expect("produce");
+            }
+            ends.push(u64::from(partition % 3));
+        }
+        let description = log.describe("wide").await.expect("describe");
+        (description, ends)
+    });
+    let offsets: Vec<(u32, u64, u64, String)> = description
+        .partitions
+        .iter()
+        .map(|p| {
+            (
+                p.partition,
+                p.log_end_offset,
+                p.durable_offset,
+                p.fault.clone(),
+            )
+        })
+        .collect();
+    let expected: Vec<(u32, u64, u64, String)> = (0..PARTITIONS)
+        .map(|p| (p, ends[p as usize], ends[p as usize], String::new()))
+        .collect();
+    assert_eq!(
+        offsets, expected,
+        "every partition described from its owner"
+    );
+    assert_eq!(
+        shard_metric_sum(&metrics_addr, refused),
+        0,
+        "a describe alone sheds nothing"
+    );
+    block_on(move || async move {
+        let log = Log::connect(addr).await;
+        // Concurrent describes on one connection contend for the single
+        // slot: each is either complete or UNAVAILABLE, never a partial OK.
+        let describes = (0..8).map(|_| log.describe("wide"));
+        for result in futures_util::future::join_all(describes).await {
+            match result {
+                Ok(description) => {
+                    assert_eq!(description.partitions.len(), PARTITIONS as usize);
+                    for partition in &description.partitions {
+                        assert_eq!(partition.fault, "", "{partition:?}");
+                        assert_eq!(
+                            partition.log_end_offset,
+                            u64::from(partition.partition % 3),
+                            "{partition:?}"
+                        );
+                    }
+                }
+                Err(status) => assert_eq!(status.code(), shardlog_wire::Code::UNAVAILABLE),
+            }
+        }
+    });
+}
