@@ -53,6 +53,9 @@ pub struct ShardContext {
     round_robin: RefCell<HashMap<String, u32>>,
     /// Topics shard 0 is creating or deleting right now.
     catalog_busy: RefCell<Vec<String>>,
+    /// Why each owned partition that failed to open at startup did (served as INTERNAL,
+    /// not as a missing partition).
+    open_failures: RefCell<HashMap<PartitionId, String>>,
     /// Set once shutdown starts.
     pub draining: Cell<bool>,
     /// Record bytes of produces accepted here and not yet answered.
@@ -91,6 +94,7 @@ impl ShardContext {
             metrics: ShardMetrics::default(),
             round_robin: RefCell::new(HashMap::new()),
             catalog_busy: RefCell::new(Vec::new()),
+            open_failures: RefCell::new(HashMap::new()),
             draining: Cell::new(false),
             produce_inflight_bytes: Cell::new(0),
             produce_inflight_requests: Cell::new(0),
@@ -132,14 +136,21 @@ impl ShardContext {
             let config = self.partition_config(&meta.retention);
             for partition in partitions {
                 let id = PartitionId::new(&meta.name, partition);
-                match self.engine.open_partition(id, config.clone(), false).await {
+                match self
+                    .engine
+                    .open_partition(id.clone(), config.clone(), false)
+                    .await
+                {
                     Ok(opened) => {
                         if let Some(fault) = opened.fault() {
                             error!(topic = %meta.name, partition, %fault, "partition refuses service");
                         }
                     }
                     Err(error) => {
-                        error!(topic = %meta.name, partition, %error, "partition failed to open")
+                        error!(topic = %meta.name, partition, %error, "partition failed to open");
+                        self.open_failures
+                            .borrow_mut()
+                            .insert(id, error.to_string());
                     }
                 }
             }
@@ -293,6 +304,7 @@ impl ShardContext {
             Op::RemovePartitions { topic, partitions } => {
                 for partition in partitions {
                     let id = PartitionId::new(&topic, partition);
+                    self.open_failures.borrow_mut().remove(&id);
                     if self.engine.partition(&id).is_some() {
                         self.engine.remove_partition(&id).await?;
                     }
@@ -347,6 +359,15 @@ impl ShardContext {
         partition: u32,
     ) -> Result<Rc<shardlog_engine::Partition<ServerStorage>>, Failure> {
         let id = PartitionId::new(topic, partition);
+        if let Some(reason) = self.open_failures.borrow().get(&id) {
+            return Err(Failure::new(
+                Code::INTERNAL,
+                format!(
+                    "partition {topic}/{partition} failed to open on shard {}: {reason}",
+                    self.id
+                ),
+            ));
+        }
         self.engine.partition(&id).ok_or_else(|| {
             Failure::new(
                 Code::NOT_FOUND,
