@@ -81,12 +81,12 @@ fn every_bad_input_gets_its_status_and_changes_nothing() {
         }
         expect_code(
             log.produce(produce_to("keep", 2, vec![record(b"x")])).await,
-            Code::INVALID_ARGUMENT,
+            Code::NOT_FOUND,
         );
         expect_code(
             log.produce(produce_to("keep", u32::MAX, vec![record(b"x")]))
                 .await,
-            Code::INVALID_ARGUMENT,
+            Code::NOT_FOUND,
         );
         expect_code(
             log.produce(produce_to("keep", 0, Vec::new())).await,

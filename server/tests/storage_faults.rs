@@ -197,34 +197,3 @@ fn a_faulted_partition_ends_subscribe_and_long_poll_with_its_fault() {
         assert_eq!(log.fetch_all("healthy", 0, 0).await.len(), 1);
     });
 }
-
-/// A partition that cannot be opened at startup (here its directory became a file) is
-/// answered INTERNAL naming why, not NOT_FOUND as if it did not exist; the topic's other
-/// partitions are served.
-#[test]
-fn a_partition_that_fails_to_open_is_internal_not_missing() {
-    let mut server = TestServer::start(1);
-    let addr = server.addr;
-    block_on(move || async move {
-        let log = Log::connect(addr).await;
-        log.create_topic("split", 2).await.expect("create");
-        for partition in 0..2 {
-            log.produce(produce_to("split", partition, vec![record(b"x")]))
-                .await
-                .expect("produce");
-        }
-    });
-    assert_eq!(server.stop(), Some(0), "clean shutdown");
-    let broken = server.data_dir().join("topics").join("split").join("1");
-    std::fs::remove_dir_all(&broken).expect("remove partition dir");
-    std::fs::write(&broken, b"not a directory").expect("plant a file");
-    server.restart_after_kill();
-    let addr = server.addr;
-    block_on(move || async move {
-        let log = Log::connect(addr).await;
-        let message = common::expect_code(log.fetch("split", 1, 0).await, Code::INTERNAL);
-        assert!(message.contains("failed to open"), "{message}");
-        let healthy = log.fetch("split", 0, 0).await.expect("partition 0 serves");
-        assert_eq!(healthy.records.len(), 1);
-    });
-}
