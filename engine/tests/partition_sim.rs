@@ -1592,18 +1592,23 @@ fn growing_config() -> PartitionConfig {
     }
 }
 
+/// A simulated disk holding a closed partition (`growing_config`) of five 2-record batches.
+async fn closed_after_five_batches() -> SimStorage {
+    let sim = SimStorage::new(SimConfig::default());
+    let s = shard(&sim);
+    let p = s
+        .open_partition(pid(), growing_config(), true)
+        .await
+        .unwrap();
+    fill(&p, 5, 2, 1).await;
+    s.close().await.unwrap();
+    sim
+}
+
 #[test]
 fn a_restart_on_a_full_disk_serves_reads_and_writes_resume_once_space_is_freed() {
     run(|| async {
-        let sim = SimStorage::new(SimConfig::default());
-        let s = shard(&sim);
-        let p = s
-            .open_partition(pid(), growing_config(), true)
-            .await
-            .unwrap();
-        fill(&p, 5, 2, 1).await;
-        s.close().await.unwrap();
-        drop(p);
+        let sim = closed_after_five_batches().await;
         // The disk stays full across the restart: the checkpoint written at open fails.
         sim.set_capacity_bytes(Some(0));
         let s = shard(&sim);
@@ -1731,15 +1736,7 @@ fn a_roll_that_runs_out_of_space_is_retried_once_space_is_freed() {
 #[test]
 fn a_torn_tail_on_a_full_disk_is_cut_by_truncation() {
     run(|| async {
-        let sim = SimStorage::new(SimConfig::default());
-        let s = shard(&sim);
-        let p = s
-            .open_partition(pid(), growing_config(), true)
-            .await
-            .unwrap();
-        fill(&p, 5, 2, 1).await;
-        s.close().await.unwrap();
-        drop(p);
+        let sim = closed_after_five_batches().await;
         // A crashed round's garbage past the log's end, reaching past an unaligned end of
         // file: zeroing the torn zone would grow the file, and the disk is full.
         let data_bytes = read_segment_data_bytes(&sim);
