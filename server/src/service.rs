@@ -400,9 +400,12 @@ fn prepare_produce(
             ));
         }
     };
-    let (records, record_bytes) =
-        convert_records(request.records, limits.record_bytes_max, &topic, partition)?;
-    let admission = ProduceAdmission::take(shard, memory_held_bytes(&records, record_bytes))?;
+    let ConvertedRecords {
+        records,
+        record_bytes,
+        held_bytes,
+    } = convert_records(request.records, limits.record_bytes_max, &topic, partition)?;
+    let admission = ProduceAdmission::take(shard, held_bytes)?;
     Ok(PreparedProduce {
         owner,
         topic: topic.clone(),
@@ -441,24 +444,28 @@ fn producer_identity(
     }
 }
 
-/// Memory a produce holds until it is answered: the records' bytes and their structs (a batch
-/// of many empty records holds megabytes that its record bytes would not show).
-fn memory_held_bytes(records: &[Record], record_bytes: usize) -> usize {
-    let headers: usize = records.iter().map(|record| record.headers.len()).sum();
-    record_bytes + std::mem::size_of_val(records) + headers * std::mem::size_of::<Header>()
+/// A produce's records in the engine's form, with what they weigh.
+struct ConvertedRecords {
+    records: Vec<Record>,
+    /// Keys, values and headers.
+    record_bytes: usize,
+    /// Memory held until the produce is answered: `record_bytes` plus the record and header
+    /// structs (a batch of many empty records holds megabytes its record bytes would not show).
+    held_bytes: usize,
 }
 
 /// Converts the request's records to the engine's (same `Bytes`, no copy),
-/// checking each against the size and header-count limits; returns them
-/// with their total size.
+/// checking each against the size and header-count limits, and weighs them
+/// in the same pass.
 fn convert_records(
     records: Vec<pb::Record>,
     record_bytes_max: usize,
     topic: &str,
     partition: u32,
-) -> Result<(Vec<Record>, usize), Status> {
+) -> Result<ConvertedRecords, Status> {
     let append_time_ms = crate::unix_now_ms();
     let mut total_bytes = 0;
+    let mut held_bytes = records.len() * std::mem::size_of::<Record>();
     let mut converted = Vec::with_capacity(records.len());
     for (index, record) in records.into_iter().enumerate() {
         // The engine refuses it too; checked here so the client learns which record.
@@ -487,6 +494,7 @@ fn convert_records(
             ));
         }
         total_bytes += record_bytes;
+        held_bytes += record_bytes + record.headers.len() * std::mem::size_of::<Header>();
         converted.push(Record {
             key: record.key,
             value: record.value,
@@ -505,7 +513,11 @@ fn convert_records(
                 .collect(),
         });
     }
-    Ok((converted, total_bytes))
+    Ok(ConvertedRecords {
+        records: converted,
+        record_bytes: total_bytes,
+        held_bytes,
+    })
 }
 
 async fn run_produce(
@@ -1083,9 +1095,9 @@ mod tests {
     fn a_produce_of_empty_records_is_charged_for_their_structs() {
         let empty = pb::Record::default();
         let records = vec![empty; 1000];
-        let (converted, record_bytes) = convert_records(records, 1024, "t", 0).expect("valid");
-        assert_eq!(record_bytes, 0);
-        let held = memory_held_bytes(&converted, record_bytes);
+        let converted = convert_records(records, 1024, "t", 0).expect("valid");
+        assert_eq!(converted.record_bytes, 0);
+        let held = converted.held_bytes;
         assert!(held >= 1000 * std::mem::size_of::<Record>(), "{held}");
     }
 
