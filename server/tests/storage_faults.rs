@@ -9,17 +9,22 @@ mod common;
 use common::{Log, TestServer, block_on, produce_to, record};
 use shardlog_wire::Code;
 
-#[test]
-fn fdatasync_eio_faults_one_partition_and_loses_nothing_acknowledged() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let faulty = dir.path().join("faulty.toml");
+/// A server whose 12th fdatasync under topic `doomed` returns EIO (its config file in
+/// `config_dir`).
+fn start_with_doomed_eio(shards: usize, config_dir: &std::path::Path) -> TestServer {
+    let faulty = config_dir.join("faulty.toml");
     std::fs::write(
         &faulty,
         "[testing]\nfdatasync_eio_path = \"topics/doomed/\"\nfdatasync_eio_nth = 12\n",
     )
     .expect("config");
-    let faulty = faulty.to_str().expect("utf8").to_owned();
-    let mut server = TestServer::start_with(2, &["--config", &faulty]);
+    TestServer::start_with(shards, &["--config", faulty.to_str().expect("utf8")])
+}
+
+#[test]
+fn fdatasync_eio_faults_one_partition_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut server = start_with_doomed_eio(2, dir.path());
     let addr = server.addr;
     let acknowledged = block_on(move || async move {
         let log = Log::connect(addr).await;
@@ -120,15 +125,8 @@ fn a_faulted_partition_ends_subscribe_and_long_poll_with_its_fault() {
     use std::time::Duration;
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let faulty = dir.path().join("faulty.toml");
-    std::fs::write(
-        &faulty,
-        "[testing]\nfdatasync_eio_path = \"topics/doomed/\"\nfdatasync_eio_nth = 12\n",
-    )
-    .expect("config");
-    let faulty = faulty.to_str().expect("utf8").to_owned();
     // One shard: a spinning Subscribe would stall every call.
-    let server = TestServer::start_with(1, &["--config", &faulty]);
+    let server = start_with_doomed_eio(1, dir.path());
     let addr = server.addr;
     block_on(move || async move {
         let log = Log::connect(addr).await;
